@@ -1,0 +1,63 @@
+"""Which signal source trades: the registry's production model, or the rule-based baseline.
+
+One decision for every front door (``run``/``backtest`` and the ai-engine service). Loading
+raises ``ArtifactTampered`` (a ``ValueError``) rather than trade on a modified artifact.
+"""
+
+from __future__ import annotations
+
+from quantum_trader.ai.registry import ModelRegistry
+from quantum_trader.ai.settings import AISettings
+from quantum_trader.ai.signals import ModelSignalSource
+from quantum_trader.config import Settings
+from quantum_trader.domain.strategy import SignalSource
+
+
+def ai_settings(settings: Settings) -> AISettings:
+    return settings.ai
+
+
+def registry_for(settings: Settings) -> ModelRegistry:
+    return ModelRegistry(settings.paths.registry_dir, ai_settings(settings).gate)
+
+
+def production_source(settings: Settings) -> ModelSignalSource | None:
+    ai = ai_settings(settings)
+    registry = registry_for(settings)
+    if registry.production(ai.model_name) is None:
+        return None
+    return ModelSignalSource(registry.load(ai.model_name))
+
+
+class NoProductionModelConfigured(ValueError):
+    """``strategy.kind: model`` with nothing promoted."""
+
+
+def choose_signal_source(settings: Settings, hot_reload: bool = False
+                         ) -> tuple[SignalSource, str]:
+    """The signal source ``strategy.kind`` asks for, and why it is that one.
+
+    ``auto``: the production model when the registry has one, else the EMA-cross baseline;
+    ``model``: the production model or an error; ``ema_cross``: the baseline. ``hot_reload``
+    (services) wraps the model in the ``AIEngine``, which follows promotions between bars.
+    """
+    from quantum_trader.ai.engine import AIEngine
+    from quantum_trader.runtime.wiring import baseline_strategy
+
+    kind = settings.strategy.kind
+    if kind != "ema_cross":
+        registry = registry_for(settings)
+        name = settings.ai.model_name
+        if registry.production(name) is not None:
+            if hot_reload:
+                engine = AIEngine(registry, name)
+                return engine, f"production model {name}@{engine.version} (hot reload)"
+            source = ModelSignalSource(registry.load(name))
+            return source, f"production model {source.name}"
+        if kind == "model":
+            raise NoProductionModelConfigured(
+                "strategy.kind is 'model' but the registry has no production model: run "
+                "`quantum-trader train --promote` or `quantum-trader models promote VERSION`")
+    baseline = baseline_strategy(settings)
+    reason = "configured" if kind == "ema_cross" else "no production model"
+    return baseline, f"rule-based baseline {baseline.name} ({reason})"

@@ -1,0 +1,289 @@
+"""Training entry point: walk-forward evaluation, leakage checks, final fit, registry artifact.
+
+``train(series, settings, ai_settings, registry)`` is deterministic: the same bars, settings and
+seed give the same model file and the same ``manifest_hash``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantum_trader.ai.features import FeatureState, compute_features
+from quantum_trader.ai.labels import cost_threshold, make_labels
+from quantum_trader.ai.models import make_model
+from quantum_trader.ai.registry import ModelRegistry, gate_reasons
+from quantum_trader.ai.settings import AISettings
+from quantum_trader.ai.walkforward import BASELINES, WalkForwardResult, make_splits, walk_forward
+from quantum_trader.config import Settings
+from quantum_trader.marketdata.series import BarSeries
+
+Progress = Callable[[str], None]
+
+
+def data_fingerprint(series: BarSeries) -> str:
+    h = hashlib.sha256(f"{series.symbol}|{series.timeframe}|{len(series)}".encode())
+    for col in (series.ts, series.open, series.high, series.low, series.close, series.volume):
+        h.update(np.ascontiguousarray(col).tobytes())
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import lightgbm
+    import sklearn
+
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "lightgbm": lightgbm.__version__, "scikit-learn": sklearn.__version__}
+
+
+def perturb_after(series: BarSeries, t: int, seed: int = 0) -> BarSeries:
+    """A copy whose bars after index ``t`` are randomly rescaled (still valid bars)."""
+    rng = np.random.default_rng(seed)
+    n = len(series) - t - 1
+    f = np.ones(len(series))
+    g = np.ones(len(series))
+    if n > 0:
+        f[t + 1:] = np.exp(rng.normal(0, 0.05, n))
+        g[t + 1:] = np.exp(rng.normal(0, 0.5, n))
+    return BarSeries(series.symbol, series.timeframe, series.ts.copy(), series.open * f,
+                     series.high * f, series.low * f, series.close * f, series.volume * g)
+
+
+def leakage_checks(series: BarSeries, ai: AISettings, taker_fee: float,
+                   progress: Progress | None = None) -> dict[str, Any]:
+    """Perturb the future and check nothing at or before ``t`` moves.
+
+    * ``features``: rows ``<= t`` of the feature matrix are bit-identical;
+    * ``feature_parity``: the incremental features equal the vectorized ones (1e-9);
+    * ``labels``: every label whose window ends at ``<= t`` (all a model trained at ``t`` may
+      use) is unchanged, and every walk-forward fold's training labels end before its test fold;
+    * ``predictions``: a model trained at ``t`` gives identical predictions for rows ``<= t``.
+    """
+    spec, h = ai.features, ai.labels.horizon
+    n = len(series)
+    checks: dict[str, dict[str, Any]] = {}
+    X, _ = compute_features(series, spec)
+    y = make_labels(series, h, taker_fee, ai.labels.margin, ai.labels.mode)
+    cuts = sorted({int(c) for c in (spec.warmup + 5, n // 3, n // 2, (2 * n) // 3, n - h - 2)
+                   if spec.warmup < c < n - 1})
+    feat_bad, label_bad = [], []
+    for i, t in enumerate(cuts):
+        pert = perturb_after(series, t, seed=ai.seed + i)
+        Xp, _ = compute_features(pert, spec)
+        if not np.array_equal(X[:t + 1], Xp[:t + 1]):
+            feat_bad.append(t)
+        yp = make_labels(pert, h, taker_fee, ai.labels.margin, ai.labels.mode)
+        m = t - h + 1  # labels of rows < m use bars <= t only
+        if m > 0 and not np.array_equal(y[:m], yp[:m], equal_nan=True):
+            label_bad.append(t)
+    checks["features"] = {"passed": not feat_bad, "cuts": cuts,
+                          "detail": f"rows <= t changed at cuts {feat_bad}" if feat_bad
+                          else "rows <= t unchanged"}
+    wf = ai.walkforward
+    bad_folds = []
+    try:
+        splits = make_splits(n, wf.folds, wf.min_train_bars, h, wf.embargo_bars, wf.mode,
+                             wf.train_bars)
+        for sp in splits:
+            if len(sp.train) and int(sp.train.max()) + h >= sp.test_start:
+                bad_folds.append(sp.fold)
+    except ValueError:
+        splits = []
+    checks["labels"] = {"passed": not label_bad and not bad_folds, "cuts": cuts,
+                        "detail": (f"labels changed at cuts {label_bad}; " if label_bad else "")
+                        + (f"folds {bad_folds} train on labels reaching their test fold"
+                           if bad_folds else "train labels end before each test fold")}
+    # Incremental vs vectorized on a window of the data.
+    m = min(n, spec.warmup + 2_000)
+    st = FeatureState(spec)
+    worst = 0.0
+    for i, bar in enumerate(series.slice(0, m)):
+        row = st.update(bar)
+        if row is not None:
+            worst = max(worst, float(np.max(np.abs(row - X[i]))))
+    checks["feature_parity"] = {"passed": worst <= 1e-9, "max_abs_diff": worst,
+                                "rows": max(0, m - spec.warmup)}
+    # Predictions at <= t from a model trained at t, with and without a perturbed future.
+    t = cuts[len(cuts) // 2] if cuts else n // 2
+    if progress:
+        progress("leakage: prediction check")
+    pert = perturb_after(series, t, seed=ai.seed + 99)
+    preds: list[np.ndarray] = []
+    for s in (series, pert):
+        Xs, vs = compute_features(s, spec)
+        ys = make_labels(s, h, taker_fee, ai.labels.margin, ai.labels.mode)
+        rows = np.arange(n)
+        tr = rows[vs & ~np.isnan(ys) & (rows + h <= t)]
+        if len(tr) < 50 or len(np.unique(ys[tr])) < 2:
+            preds = []
+            break
+        mdl = make_model(ai.model, ai.seed, spec.names)
+        mdl.fit(Xs[tr], ys[tr])
+        at = rows[vs & (rows <= t)]
+        preds.append(mdl.predict_proba(Xs[at]))
+    if preds:
+        same = bool(np.array_equal(preds[0], preds[1]))
+        checks["predictions"] = {"passed": same, "cut": t,
+                                 "detail": "predictions <= t unchanged" if same
+                                 else "predictions <= t changed"}
+    else:
+        checks["predictions"] = {"passed": False, "cut": t,
+                                 "detail": "too few labelled rows before t to check"}
+    return {"passed": all(c["passed"] for c in checks.values()), "checks": checks}
+
+
+@dataclass
+class TrainingReport:
+    name: str
+    version: str
+    manifest: dict[str, Any]
+    walkforward: WalkForwardResult
+    leakage: dict[str, Any]
+    elapsed_s: float
+    artifact_dir: Path
+    chart_path: Path | None = None
+    gate: list[str] = field(default_factory=list)  # reasons promotion would be refused
+
+    @property
+    def manifest_hash(self) -> str:
+        return str(self.manifest["manifest_hash"])
+
+    def tables(self) -> list[Any]:
+        """rich Tables: per-fold classification + backtest, and overall vs baselines."""
+        from rich.table import Table
+
+        wf = self.walkforward
+        folds = Table(title=f"{self.name}@{self.version} walk-forward folds (out of sample)")
+        for col in ("fold", "train rows", "test rows", "test window", "AUC", "acc", "Brier",
+                    "shuffled AUC", "model ret", "model Sharpe", "rule ret", "B&H ret"):
+            folds.add_column(col, justify="right")
+        for f in wf.folds:
+            m, s, b = f.metrics["model"], f.metrics["shuffled"], f.backtests
+            folds.add_row(
+                str(f.fold), str(f.train_rows), str(f.test_rows),
+                f"{_day(f.test_first_ts)}..{_day(f.test_last_ts)}", _f(m["auc"]),
+                _f(m["accuracy"]), _f(m["brier"]), _f(s["auc"]),
+                _pct(b["model"].total_return) if b else "-",
+                _f(b["model"].sharpe, 2) if b else "-",
+                _pct(b["rule_based"].total_return) if b else "-",
+                _pct(b["buy_and_hold"].total_return) if b else "-")
+        overall = Table(title="overall (all test folds) vs baselines")
+        for col in ("source", "AUC", "acc", "Brier", "return", "Sharpe", "max DD", "trades"):
+            overall.add_column(col, justify="right")
+        for key in ("model", *BASELINES):
+            cm = wf.overall.get(key, {})
+            bt = wf.backtests.get(key)
+            overall.add_row(key, _f(cm.get("auc")), _f(cm.get("accuracy")),
+                            _f(cm.get("brier")),
+                            _pct(bt.total_return) if bt else "-",
+                            _f(bt.sharpe, 2) if bt else "-",
+                            _pct(bt.max_drawdown) if bt else "-",
+                            str(bt.trades) if bt else "-")
+        leak = Table(title="leakage checks")
+        leak.add_column("check")
+        leak.add_column("result")
+        for k, v in self.leakage["checks"].items():
+            leak.add_row(k, ("pass" if v["passed"] else "FAIL") + f"  {v.get('detail', '')}")
+        return [folds, overall, leak]
+
+    def render(self) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        gate = ("promotion gate: would pass" if not self.gate
+                else "promotion gate: would refuse — " + "; ".join(self.gate))
+        return Group(*self.tables(), Text(f"artifact {self.artifact_dir}  manifest_hash "
+                                          f"{self.manifest_hash[:16]}  {self.elapsed_s:.1f}s"),
+                     Text(gate))
+
+    def save_chart(self, path: Path) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(11, 5))
+        for key, curve in self.walkforward.curves.items():
+            ts = curve.ts.astype("datetime64[ms]")
+            ax.plot(ts, curve.equity, label=key, linewidth=1.6 if key == "model" else 0.9)
+        for f in self.walkforward.folds:
+            x0: Any = np.datetime64(f.test_first_ts, "ms")
+            ax.axvline(x0, color="grey", linewidth=0.5, linestyle=":")
+        ax.set_title(f"{self.name}@{self.version}: out-of-sample equity (test folds chained)")
+        ax.set_ylabel("equity (start = 1)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+def _day(ts: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts / 1000))
+
+
+def _f(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:+.2f}%"
+
+
+def train(series: BarSeries, settings: Settings, ai: AISettings, registry: ModelRegistry,
+          progress: Progress | None = None) -> TrainingReport:
+    """Walk-forward evaluate, check for leakage, fit on all data, and register the artifact."""
+    t0 = time.perf_counter()
+    fee = settings.exchange.taker_fee
+    spec, h = ai.features, ai.labels.horizon
+    if progress:
+        progress(f"features for {len(series)} bars")
+    X, valid = compute_features(series, spec)
+    y = make_labels(series, h, fee, ai.labels.margin, ai.labels.mode)
+    if progress:
+        progress("walk-forward")
+    wf = walk_forward(series, X, valid, y, settings, ai, progress)
+    if progress:
+        progress("leakage checks")
+    leakage = leakage_checks(series, ai, fee, progress)
+    if progress:
+        progress("final fit on all data")
+    usable = np.flatnonzero(valid & ~np.isnan(y))
+    model = make_model(ai.model, ai.seed, spec.names)
+    model.fit(X[usable], y[usable])
+    manifest: dict[str, Any] = {
+        "features": {"names": spec.names, "params": spec.model_dump(mode="json")},
+        "labels": {**ai.labels.model_dump(mode="json"), "taker_fee": fee,
+                   "threshold_log_return": cost_threshold(fee, ai.labels.margin),
+                   "positive_rate": float(np.mean(y[usable])) if len(usable) else None},
+        "model_params": ai.model.model_dump(mode="json"),
+        "signals": ai.signals.model_dump(mode="json"),
+        "walkforward_settings": ai.walkforward.model_dump(mode="json"),
+        "seed": ai.seed,
+        "training_window": {"first_ts": int(series.ts[usable[0]]),
+                            "last_ts": int(series.ts[usable[-1]]),
+                            "bars": len(series), "rows": len(usable)},
+        "data": {"symbol": series.symbol, "timeframe": series.timeframe,
+                 "fingerprint": data_fingerprint(series)},
+        "metrics": wf.to_dict(),
+        "leakage": leakage,
+        "library_versions": library_versions(),
+    }
+    full = registry.register(ai.model_name, model, manifest)
+    version = str(full["version"])
+    vdir = registry.version_dir(ai.model_name, version)
+    report = TrainingReport(ai.model_name, version, full, wf, leakage,
+                            time.perf_counter() - t0, vdir,
+                            gate=gate_reasons(full, registry.gate))
+    if ai.chart and wf.curves:
+        report.chart_path = report.save_chart(vdir / "equity.png")
+    return report
+

@@ -1,0 +1,161 @@
+"""CLI commands for exchange connectivity: ``exchange-sim`` and ``data download``.
+
+Registered in ``cli.py`` with ``app.add_typer(exchange_app, name="exchange-sim")`` and
+``app.add_typer(data_app, name="data")``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, cast
+
+import typer
+from rich.console import Console
+
+exchange_app = typer.Typer(add_completion=False,
+                           help="Run the Binance USDⓈ-M-compatible exchange simulator.")
+data_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                       help="Market data: download klines.")
+console = Console()
+err = Console(stderr=True)
+
+
+@exchange_app.callback(invoke_without_command=True)
+def exchange_sim(
+    port: Annotated[int, typer.Option(help="TCP port")] = 8900,
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    data: Annotated[list[str] | None, typer.Option(
+        "--data", "-d", metavar="SPEC",
+        help="sample:XRP|BTC|ETH|EOS|LTC or a CSV/parquet file; repeat")] = None,
+    bar_seconds: Annotated[float, typer.Option(
+        help="wall seconds per replayed bar (0: the clock moves only on POST /sim/advance)")]
+        = 1.0,
+    start_bar: Annotated[int, typer.Option(help="bars of history already closed at start")]
+        = 500,
+    api_key: Annotated[str, typer.Option(envvar="QT_SIM_API_KEY")] = "sim-key",
+    api_secret: Annotated[str, typer.Option(envvar="QT_SIM_API_SECRET")] = "sim-secret",
+    weight_limit: Annotated[int, typer.Option(help="request weight per minute")] = 2400,
+    ban_seconds: Annotated[float, typer.Option(help="418 ban length")] = 120.0,
+    balance: Annotated[float, typer.Option(help="initial USDT wallet")] = 10_000.0,
+    fault_rate: Annotated[float, typer.Option(
+        help="share of /fapi requests given a random fault (timeout, 5xx, 429, -1021, drop)")]
+        = 0.0,
+) -> None:
+    """Serve ``/fapi`` like Binance USDⓈ-M futures, matching on historical bars."""
+    from quantum_trader.exchange.sim_server import (
+        FAULT_KINDS,
+        FaultConfig,
+        SimServer,
+        SimServerConfig,
+        SimState,
+        load_series,
+    )
+    from quantum_trader.exchange.simulated import SimExchangeSettings
+
+    try:
+        series = load_series(data or ["sample:XRP"])
+    except ValueError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if not 0 <= fault_rate <= 1:
+        err.print("[bold red]error:[/] --fault-rate must be in [0, 1]")
+        raise typer.Exit(2)
+    faults = FaultConfig({k: fault_rate / len(FAULT_KINDS) for k in FAULT_KINDS}
+                         if fault_rate else {})
+    state = SimState(SimServerConfig(
+        series=series, bar_seconds=bar_seconds, start_bar=start_bar, api_key=api_key,
+        api_secret=api_secret, weight_limit=weight_limit, ban_seconds=ban_seconds,
+        exchange=SimExchangeSettings(initial_balance=balance), faults=faults))
+    server = SimServer(state, host, port).start()
+    symbols = ", ".join(f"{s.symbol} {s.timeframe}" for s in series)
+    console.print(f"exchange simulator on [bold]{server.url}[/] ({symbols}); "
+                  f"{bar_seconds:g}s per bar; API key {api_key!r}. Ctrl-C stops it.")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+def _parse_date(value: str, name: str) -> int:
+    try:
+        if value.isdigit():
+            return int(value)
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        err.print(f"[bold red]error:[/] {name} {value!r}: use YYYY-MM-DD[THH:MM] or epoch ms")
+        raise typer.Exit(2) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+@data_app.callback()
+def data() -> None:
+    """Market data: download klines."""
+
+
+@data_app.command("download")
+def download(
+    symbol: Annotated[str, typer.Option(help="exchange symbol, e.g. XRPUSDT")],
+    timeframe: Annotated[str, typer.Option(help="1m, 5m, 15m, 30m, 1h, 4h, 1d, ...")] = "5m",
+    since: Annotated[str, typer.Option(help="first bar, YYYY-MM-DD (UTC) or epoch ms")]
+        = "2024-01-01",
+    until: Annotated[str | None, typer.Option(help="stop before this time")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="parquet file (default data/<SYMBOL>-<tf>.parquet); an existing one is resumed")]
+        = None,
+    mode: Annotated[str, typer.Option(help="live | demo | testnet")] = "live",
+    base_url: Annotated[str | None, typer.Option(
+        help="another Binance-compatible endpoint, e.g. the simulator")] = None,
+) -> None:
+    """Download closed klines through ccxt, with pagination and resume."""
+    from quantum_trader.domain.models import timeframe_ms
+    from quantum_trader.exchange.ccxt_binance import BinanceSettings, CcxtBinanceExchange, Mode
+    from quantum_trader.exchange.errors import ExchangeError
+    from quantum_trader.marketdata.download import download_klines
+
+    try:
+        timeframe_ms(timeframe)
+    except ValueError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if mode not in ("live", "demo", "testnet"):
+        err.print(f"[bold red]error:[/] --mode {mode!r}: use live, demo or testnet")
+        raise typer.Exit(2)
+    since_ms = _parse_date(since, "--since")
+    until_ms = _parse_date(until, "--until") if until else None
+    target = out or Path("data") / f"{symbol}-{timeframe}.parquet"
+
+    async def run() -> None:
+        venue = CcxtBinanceExchange(BinanceSettings(mode=cast(Mode, mode), base_url=base_url))
+        try:
+            await venue.connect()
+            if symbol not in venue.instruments:
+                raise ExchangeError(f"unknown symbol {symbol!r} on this venue")
+
+            def progress(n: int, last: int) -> None:
+                when = datetime.fromtimestamp(last / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+                console.print(f"  {n} bars, up to {when}", end="\r")
+
+            res = await download_klines(venue, symbol, timeframe, since_ms, target, until_ms,
+                                        progress=progress)
+        finally:
+            await venue.close()
+        resumed = "" if res.resumed_from is None else " (resumed)"
+        console.print(f"{res.path}: {res.bars_new} new bars{resumed}, {res.bars_total} in "
+                      "the file")
+
+    try:
+        asyncio.run(run())
+    except ExchangeError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+__all__ = ["data_app", "exchange_app"]

@@ -1,0 +1,351 @@
+"""One configuration: a YAML file, overridden by ``QT_*`` environment variables, with secrets
+read from files (``*_FILE``). Validation errors name the key, and the file line when the key
+came from the file.
+
+Precedence (highest first): ``QT_SECTION__KEY`` environment variables, the YAML file, defaults.
+A secret ``secrets.<name>`` can also come from the file named by ``QT_SECRETS__<NAME>_FILE``
+(Docker secrets under /run/secrets work this way).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
+
+from quantum_trader.ai.settings import AISettings
+from quantum_trader.domain.exits import ExitSettings
+from quantum_trader.domain.models import TIMEFRAME_MS
+from quantum_trader.domain.risk.limits import RiskLimits
+from quantum_trader.exchange.simulated import SimExchangeSettings
+from quantum_trader.security.settings import SecuritySection
+
+ENV_PREFIX = "QT_"
+DEFAULT_CONFIG_PATHS = (Path("quantum-trader.yaml"), Path("config/quantum-trader.yaml"))
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message lists every bad key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RiskSection(_Section):
+    min_confidence: float = Field(0.55, ge=0, le=1)
+    risk_per_trade: float = Field(0.01, gt=0, le=0.1)
+    default_stop_distance: float = Field(0.02, gt=0, lt=1)
+    max_position_notional: float = Field(5_000.0, gt=0)
+    max_gross_exposure: float = Field(10_000.0, gt=0)
+    max_leverage: float = Field(3.0, gt=0, le=125)
+    max_open_positions: int = Field(3, ge=1)
+    daily_loss_limit: float = Field(0.05, gt=0, le=1)
+    max_drawdown: float = Field(0.20, gt=0, le=1)
+    max_orders_per_minute: int = Field(30, ge=1)
+    cooldown_after_stop_ms: int = Field(4 * 3_600_000, ge=0)
+    max_price_deviation: float = Field(0.02, gt=0, le=1)
+    order_leverage: float = Field(3.0, ge=1, le=125)
+
+    def limits(self) -> RiskLimits:
+        return RiskLimits(**self.model_dump())
+
+
+class ExitsSection(_Section):
+    stop_loss: bool = True
+    take_profit_rr: float = Field(2.0, ge=0)
+    trailing_stop: float = Field(0.0, ge=0, lt=1)
+    trailing_activation: float = Field(0.0, ge=0)
+    max_holding_ms: int = Field(0, ge=0)
+    exit_on_opposite_signal: bool = True
+    exit_on_flat_signal: bool = True
+    intent_ttl_ms: int = Field(60_000, gt=0)
+
+    def settings(self) -> ExitSettings:
+        return ExitSettings(**self.model_dump())
+
+
+class ExchangeSection(_Section):
+    kind: Literal["simulated", "binance-testnet", "binance-demo", "binance-live"] = "simulated"
+    maker_fee: float = Field(0.0002, ge=0, lt=0.01)
+    taker_fee: float = Field(0.0005, ge=0, lt=0.01)
+    slippage_bps: float = Field(1.0, ge=0)
+    impact: float = Field(0.1, ge=0)
+    max_volume_share: float = Field(0.10, gt=0, le=1)
+    funding_rate: float = Field(0.0001, gt=-0.01, lt=0.01)
+    funding_interval_ms: int = Field(8 * 3_600_000, gt=0)
+    liquidation_fee: float = Field(0.0125, ge=0, lt=0.1)
+    # Venue modes (kind binance-*): where to connect and what to follow.
+    base_url: str = ""  # override, e.g. the simulator: http://127.0.0.1:8900
+    symbols: tuple[str, ...] = ("XRPUSDT",)
+    poll_s: float = Field(1.0, gt=0)  # klines and fills polling
+    stale_after_s: float = Field(90.0, gt=0)  # no new closed bar for this long: data stale
+    reconcile_s: float = Field(30.0, gt=0)  # compare our orders/positions with the venue
+
+
+class StrategySection(_Section):
+    # auto: the production model when the registry has one, else the EMA-cross baseline;
+    # model: require a production model; ema_cross: always the baseline.
+    kind: Literal["auto", "ema_cross", "model"] = "auto"
+    fast: int = Field(12, ge=1)
+    slow: int = Field(26, ge=2)
+    atr_period: int = Field(14, ge=1)
+    atr_mult: float = Field(2.0, gt=0)
+    signal_ttl_ms: int = Field(60_000, gt=0)
+    allow_short: bool = True
+
+
+class DataSection(_Section):
+    source: str = "sample:XRP"
+    timeframe: str = "30m"
+
+    @field_validator("timeframe")
+    @classmethod
+    def _known_timeframe(cls, v: str) -> str:
+        if v not in TIMEFRAME_MS:
+            raise ValueError(f"unknown timeframe {v!r}; use one of {', '.join(TIMEFRAME_MS)}")
+        return v
+
+
+class PathsSection(_Section):
+    state_dir: Path = Path("var")
+    reports_dir: Path = Path("reports")
+    registry_dir: Path = Path("var/models")
+
+
+def mask_url_password(url: str) -> str:
+    """``scheme://user:***@host/...``: a URL as it may be printed, logged or backed up."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class StoreSection(_Section):
+    url: str = ""  # empty: SQLite file in the state dir
+
+    @field_serializer("url", when_used="json")
+    def _masked(self, url: str) -> str:  # dumps never carry the database password
+        return mask_url_password(url)
+
+
+SERVICE_NAMES = ("gateway", "ai-engine", "execution", "risk-safety", "exit-brain", "market-data")
+
+
+class ServicesSection(_Section):
+    """Distributed mode: one process per service over Redis Streams and PostgreSQL."""
+
+    bus: Literal["redis", "memory"] = "redis"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    @field_serializer("redis_url", when_used="json")
+    def _masked(self, url: str) -> str:  # dumps never carry the Redis password
+        return mask_url_password(url)
+
+    bus_namespace: str = ""  # prefix for stream names (tests run side by side)
+    host: str = "127.0.0.1"
+    ports: dict[str, int] = Field(default_factory=lambda: {
+        "gateway": 8000, "ai-engine": 8001, "execution": 8002, "risk-safety": 8003,
+        "exit-brain": 8004, "market-data": 8005})
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    heartbeat_stale_s: float = Field(5.0, gt=0)
+    # lockstep: the next replayed bar waits until every consumer group has caught up, so a
+    # distributed replay is as deterministic as a backtest; rate: a fixed pace.
+    replay_pacing: Literal["lockstep", "rate"] = "lockstep"
+    replay_bars_per_second: float = Field(20.0, gt=0)
+    replay_max_bars: int = Field(0, ge=0)  # 0: all of them
+    signal_max_age_ms: int = Field(30_000, gt=0)  # wall-clock age after which signals die
+    # How long risk-safety and the exit brain wait for execution's account to cover a bar
+    # before deciding without it. Lockstep replay waits longer (through a restart of
+    # execution), so a replay stays deterministic; live trading must not wait on a dead peer.
+    view_wait_s: float = Field(2.0, gt=0)
+    lockstep_view_wait_s: float = Field(60.0, gt=0)
+
+    @field_validator("ports")
+    @classmethod
+    def _known_services(cls, v: dict[str, int]) -> dict[str, int]:
+        unknown = set(v) - set(SERVICE_NAMES)
+        if unknown:
+            raise ValueError(f"unknown services {sorted(unknown)}; use {SERVICE_NAMES}")
+        return v
+
+
+class NotifySection(_Section):
+    """Telegram: who hears about trades and alerts, and who may send commands."""
+
+    telegram_chat_ids: list[int] = Field(default_factory=list)
+    telegram_api_url: str = "https://api.telegram.org"
+
+
+class SecretsSection(_Section):
+    exchange_api_key: SecretStr | None = None
+    exchange_api_secret: SecretStr | None = None
+    telegram_bot_token: SecretStr | None = None
+    approval_hmac_key: SecretStr | None = None
+
+
+class Settings(_Section):
+    initial_balance: float = Field(10_000.0, gt=0)
+    leverage: float = Field(3.0, ge=1, le=125)
+    data: DataSection = DataSection()
+    risk: RiskSection = RiskSection()
+    exits: ExitsSection = ExitsSection()
+    exchange: ExchangeSection = ExchangeSection()
+    strategy: StrategySection = StrategySection()
+    paths: PathsSection = PathsSection()
+    store: StoreSection = StoreSection()
+    services: ServicesSection = ServicesSection()
+    ai: AISettings = AISettings()
+    notify: NotifySection = NotifySection()
+    secrets: SecretsSection = SecretsSection()
+    security: SecuritySection = SecuritySection()
+
+    def exchange_settings(self) -> SimExchangeSettings:
+        x = self.exchange
+        names = {f.name for f in fields(SimExchangeSettings)}
+        values = {k: v for k, v in x.model_dump().items() if k in names}
+        return SimExchangeSettings(initial_balance=self.initial_balance,
+                                   default_leverage=self.leverage, **values)
+
+    def account_wait_s(self) -> float:
+        """See ``ServicesSection.view_wait_s``: long only for a lockstep historical replay."""
+        svc = self.services
+        replaying = svc.replay_pacing == "lockstep" and self.exchange.kind == "simulated"
+        return svc.lockstep_view_wait_s if replaying else svc.view_wait_s
+
+    def store_url(self) -> str:
+        """The configured database, or a SQLite file in the state dir (created on demand)."""
+        if self.store.url:
+            return self.store.url
+        from quantum_trader.store.urls import sqlite_url
+
+        return sqlite_url(self.paths.state_dir / "quantum_trader.db")
+
+
+def load_settings(path: Path | str | None = None, env: dict[str, str] | None = None,
+                  overrides: dict[str, Any] | None = None) -> Settings:
+    """Load and validate. Raises ``ConfigError`` naming each bad key (and its file line)."""
+    environ = dict(os.environ if env is None else env)
+    cfg_path = _find_config(path, environ)
+    data: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
+    if cfg_path is not None:
+        data, lines = _read_yaml(cfg_path)
+    origin: dict[tuple[str, ...], str] = {}
+    for key_path, (value, source) in _env_values(environ).items():
+        _set(data, key_path, value)
+        origin[key_path] = source
+    for dotted, value in (overrides or {}).items():
+        _set(data, tuple(dotted.split(".")), value)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, cfg_path, lines, origin)) from None
+
+
+def _find_config(path: Path | str | None, environ: dict[str, str]) -> Path | None:
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        return p
+    if environ.get("QT_CONFIG"):
+        return _find_config(environ["QT_CONFIG"], {})
+    return next((p for p in DEFAULT_CONFIG_PATHS if p.is_file()), None)
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the config must be a mapping of sections, got "
+                          f"{type(data).__name__}")
+    lines: dict[tuple[str, ...], int] = {}
+    _walk(node, (), lines)
+    return data, lines
+
+
+def _walk(node: yaml.Node | None, prefix: tuple[str, ...],
+          lines: dict[tuple[str, ...], int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, str(key_node.value))
+            lines[key] = key_node.start_mark.line + 1
+            _walk(value_node, key, lines)
+
+
+def _env_values(environ: dict[str, str]) -> dict[tuple[str, ...], tuple[Any, str]]:
+    """``QT_SECTION__KEY`` variables as key paths, each with its value and where it came from."""
+    out: dict[tuple[str, ...], tuple[Any, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "QT_CONFIG":
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        if parts[-1].endswith("_file") and parts[0] == "secrets":
+            secret_path = Path(value)
+            if not secret_path.is_file():
+                raise ConfigError(f"{name}: secret file {secret_path} not found")
+            parts[-1] = parts[-1][: -len("_file")]
+            out[tuple(parts)] = (secret_path.read_text().strip(), f"from {name}")
+        else:
+            out[tuple(parts)] = (_scalar(value), f"from {name}")
+    return out
+
+
+def _scalar(value: str) -> Any:
+    """Environment strings parsed as YAML scalars, so numbers and booleans work."""
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return parsed if isinstance(parsed, (int, float, bool, str)) else value
+
+
+def _set(data: dict[str, Any], key_path: tuple[str, ...], value: Any) -> None:
+    cur = data
+    for part in key_path[:-1]:
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = cur[part] = {}
+        cur = nxt
+    cur[key_path[-1]] = value
+
+
+def _explain(exc: ValidationError, path: Path | None, lines: dict[tuple[str, ...], int],
+             origin: dict[tuple[str, ...], str]) -> str:
+    msgs = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc)
+        if loc in origin:
+            where = f"{ENV_PREFIX}{'__'.join(loc).upper()} (environment)"
+        elif path is not None and loc in lines:
+            where = f"{path}:{lines[loc]}"
+        else:
+            where = str(path) if path else "config"
+        text = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" \
+            else err["msg"]
+        msgs.append(f"{where}: {key}: {text}")
+    return "invalid configuration:\n  " + "\n  ".join(msgs)

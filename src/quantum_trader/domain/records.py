@@ -1,0 +1,100 @@
+"""Records the system keeps about what happened: closed trades, audit events, checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantum_trader.domain.enums import Side
+from quantum_trader.domain.position import Position
+
+
+@dataclass(slots=True, frozen=True)
+class ClosedTrade:
+    """One round trip: a position from open to flat."""
+
+    id: str
+    symbol: str
+    side: Side  # side of the entry
+    quantity: float  # largest absolute size held
+    entry_price: float
+    exit_price: float
+    opened_ts: int
+    closed_ts: int
+    realized_pnl: float  # gross
+    fees: float
+    funding: float
+    exit_reason: str
+    trace_id: str
+
+    @property
+    def net_pnl(self) -> float:
+        return self.realized_pnl - self.fees - self.funding
+
+
+@dataclass(slots=True, frozen=True)
+class PositionSnapshot:
+    symbol: str
+    qty: float
+    avg_entry: float
+    realized_pnl: float
+    fees: float
+    funding: float
+    opened_ts: int
+    last_price: float
+    leverage: float
+    ts: int
+    trace_id: str = ""
+    stop_loss: float | None = None
+    take_profit: float | None = None
+
+    def to_position(self) -> Position:
+        """A live ``Position`` with the snapshot's books (restarts and replicated views)."""
+        return Position(self.symbol, self.qty, self.avg_entry, self.realized_pnl, self.fees,
+                        self.funding, self.opened_ts, self.last_price, self.leverage)
+
+
+@dataclass(slots=True, frozen=True)
+class AuditEvent:
+    kind: str  # e.g. "trading_state", "kill_switch", "run_started"
+    ts: int
+    detail: dict[str, Any] = field(default_factory=dict)
+    trace_id: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class Checkpoint:
+    """Where a node stopped, so a restart resumes instead of starting over."""
+
+    node: str
+    last_bar_ts: dict[str, int]  # symbol -> open time of the last bar fully processed
+    wallet: float
+    peak_equity: float
+    max_drawdown: float
+    day_start_ts: int
+    day_start_equity: float
+    trading_state: int
+    fees_paid: float
+    funding_paid: float
+    ts: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def progress(cls, node: str, last_bar_ts: dict[str, int], ts: int) -> Checkpoint:
+        """A checkpoint that only records how far a service has read the bar stream."""
+        return cls(node, dict(last_bar_ts), 0.0, 0.0, 0.0, 0, 0.0, 0, 0.0, 0.0, ts)
+
+
+@dataclass(slots=True, frozen=True)
+class AccountSnapshot:
+    """The account as execution sees it after a change; risk-safety and the exit brain keep
+    their view of the world from these."""
+
+    ts: int
+    wallet: float
+    equity: float
+    peak_equity: float
+    day_start_equity: float
+    positions: tuple[PositionSnapshot, ...]
+    trace_id: str = ""
+    stop_outs: dict[str, int] = field(default_factory=dict)  # symbol -> last stop-out time

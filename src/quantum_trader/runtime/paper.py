@@ -1,0 +1,185 @@
+"""Embedded paper trading: real bars through the in-memory bus into one trading node, every
+event committed to the SQL store before the bar is acknowledged.
+
+Crash-only: the store holds a checkpoint (written in the same transaction as the bar's
+events), so a restart resumes open positions and working orders instead of opening them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from quantum_trader.bus.memory import InMemoryBus
+from quantum_trader.bus.protocol import Message
+from quantum_trader.config import Settings
+from quantum_trader.domain.enums import OrderStatus, TradingState
+from quantum_trader.domain.models import Bar
+from quantum_trader.domain.position import Position
+from quantum_trader.domain.records import Checkpoint
+from quantum_trader.domain.strategy import SignalSource
+from quantum_trader.marketdata.replay import ReplayFeed
+from quantum_trader.marketdata.series import BarSeries
+from quantum_trader.runtime.clock import wall_ms
+from quantum_trader.runtime.node import ListJournal, TradingNode
+from quantum_trader.runtime.wiring import build_node
+from quantum_trader.store.protocol import TradeStore
+
+BARS_TOPIC = "market.bars"
+GROUP = "embedded-node"
+WARMUP_BARS = 500
+
+
+@dataclass
+class PaperSummary:
+    resumed: bool
+    bars_processed: int
+    bars_skipped: int
+    equity: float
+    wallet: float
+    max_drawdown: float
+    trades_closed: int
+    open_positions: list[Position]
+    trading_state: str
+    signals: int
+    rejections: dict[str, int] = field(default_factory=dict)
+
+
+def bar_message(bar: Bar) -> Message:
+    return Message("bar", {"symbol": bar.symbol, "timeframe": bar.timeframe, "ts": bar.ts,
+                           "open": bar.open, "high": bar.high, "low": bar.low,
+                           "close": bar.close, "volume": bar.volume},
+                   bar.close_ts, f"bar-{bar.symbol}-{bar.ts}", id=f"bar-{bar.symbol}-{bar.ts}")
+
+
+def bar_from_message(msg: Message) -> Bar:
+    p = msg.payload
+    bar = Bar(str(p["symbol"]), str(p["timeframe"]), int(p["ts"]), float(p["open"]),
+              float(p["high"]), float(p["low"]), float(p["close"]), float(p["volume"]))
+    bar.validate()
+    return bar
+
+
+async def restore_node(node: TradingNode, store: TradeStore, series: Sequence[BarSeries]
+                       ) -> Checkpoint | None:
+    """Bring a fresh node back to where the store says it stopped."""
+    cp = await store.checkpoint(node.name)
+    if cp is None:
+        return None
+    pf = node.portfolio
+    pf.wallet, pf.peak_equity, pf.max_drawdown = cp.wallet, cp.peak_equity, cp.max_drawdown
+    pf.day_start_ts, pf.day_start_equity = cp.day_start_ts, cp.day_start_equity
+    pf.fees_paid, pf.funding_paid = cp.fees_paid, cp.funding_paid
+    node.risk.ctx.trading_state = TradingState(cp.trading_state)
+    snapshots = await store.positions()
+    positions = [snap.to_position() for snap in snapshots]
+    pf.replace_positions(positions)
+    for pos in positions:
+        pf.mark(pos.symbol, pos.last_price, cp.ts)
+    node.exchange.restore(cp.wallet, positions, cp.extra.get("last_close", {}))
+    node.restore_open_trades(cp.extra.get("open_trades", {}))
+    # Working orders live on the exchange; the simulated one lost them with the process.
+    open_orders = await store.open_orders()
+    node.orders.restore(open_orders)
+    for order in open_orders:
+        if order.status in (OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED,
+                            OrderStatus.SUBMITTED, OrderStatus.NEW):
+            remaining = order.remaining
+            if remaining <= 0:
+                continue
+            req = node.orders.request_for(order)
+            node.exchange.submit(replace(req, quantity=remaining), cp.ts)
+    for snap in snapshots:
+        node.exits.restore_from(snap, open_orders,
+            len(await store.orders(trace_id=snap.trace_id)))
+    node.risk.sync(pf)
+    # Signal sources are stateful: warm them up on the bars before the checkpoint.
+    for s in series:
+        last = cp.last_bar_ts.get(s.symbol)
+        if last is None:
+            continue
+        idx = int((s.ts <= last).sum())
+        for bar in s.slice(max(0, idx - WARMUP_BARS), idx):
+            node.source.on_bar(bar)
+    return cp
+
+
+async def run_paper(settings: Settings, series: Sequence[BarSeries], store: TradeStore,
+                    source: SignalSource | None = None,
+                    progress: Callable[[int], None] | None = None,
+                    max_bars: int | None = None, batch: int = 200,
+                    bars_per_second: float | None = None) -> PaperSummary:
+    journal = ListJournal()
+    node = build_node(settings, source, journal)
+    cp = await restore_node(node, store, series)
+    last_ts: dict[str, int] = dict(cp.last_bar_ts) if cp else {}
+    feed = ReplayFeed(list(series), start_after=last_ts or None)
+    total = len(feed) if max_bars is None else min(len(feed), max_bars)
+    if cp is None:
+        node.audit("run_started", wall_ms(), mode="paper", bars=total)
+    else:
+        node.audit("run_resumed", wall_ms(), from_checkpoint=cp.ts, bars=total)
+    bus = InMemoryBus(maxlen=batch * 10)
+    await bus.ensure_group(BARS_TOPIC, GROUP)
+    state = {"processed": 0, "skipped": 0}
+
+    async def produce() -> None:
+        for i, bar in enumerate(feed):
+            if i >= total:
+                break
+            await bus.publish(BARS_TOPIC, bar_message(bar))  # waits when the node lags
+            if bars_per_second:
+                await asyncio.sleep(1.0 / bars_per_second)
+
+    producer = asyncio.create_task(produce())
+    try:
+        while state["processed"] + state["skipped"] < total:
+            deliveries = await bus.read(BARS_TOPIC, GROUP, "node-1", count=batch, block_ms=200)
+            if not deliveries:
+                if producer.done():
+                    producer.result()
+                    if await bus.lag(BARS_TOPIC, GROUP) == 0:
+                        break
+                continue
+            done: list[str] = []
+            for d in deliveries:
+                if d.message is None:
+                    await bus.dead_letter(d, GROUP, d.error)
+                    continue
+                try:
+                    bar = bar_from_message(d.message)
+                except (KeyError, TypeError, ValueError) as exc:
+                    await bus.dead_letter(d, GROUP, f"bad bar: {exc}")
+                    continue
+                if bar.ts <= last_ts.get(bar.symbol, -1):
+                    state["skipped"] += 1  # already processed before a restart
+                else:
+                    node.on_bar(bar)
+                    last_ts[bar.symbol] = bar.ts
+                    state["processed"] += 1
+                    journal.record(node.portfolio.snapshot(bar.close_ts))
+                done.append(d.entry_id)
+            events = journal.drain()
+            events.append(node_checkpoint(node, last_ts))
+            await store.write(events)  # commit first ...
+            await bus.ack(BARS_TOPIC, GROUP, done)  # ... then acknowledge
+            if progress is not None:
+                progress(len(done))
+    finally:
+        producer.cancel()
+        await bus.close()
+    pf = node.portfolio
+    return PaperSummary(cp is not None, state["processed"], state["skipped"], pf.equity,
+                        pf.wallet, pf.max_drawdown, len(node.trades), pf.open_positions,
+                        node.risk.trading_state.name, node.signals_seen, dict(node.rejections))
+
+
+def node_checkpoint(node: TradingNode, last_ts: dict[str, int]) -> Checkpoint:
+    pf = node.portfolio
+    ts = max(last_ts.values()) if last_ts else 0
+    return Checkpoint(node.name, dict(last_ts), pf.wallet, pf.peak_equity, pf.max_drawdown,
+                      pf.day_start_ts, pf.day_start_equity, int(node.risk.trading_state),
+                      pf.fees_paid, pf.funding_paid, ts,
+                      {"open_trades": node.open_trades_state(),
+                       "last_close": node.exchange.last_prices()})

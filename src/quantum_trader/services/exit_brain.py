@@ -1,0 +1,117 @@
+"""exit-brain: watches fills, bars and signals; places protective stops and targets as soon as
+an entry fills, trails them, and asks for market exits on time or on an opposite signal. Every
+exit goes to risk-safety as a reduce-only intent."""
+
+from __future__ import annotations
+
+import asyncio
+
+from quantum_trader.bus.codec import from_payload, to_payload
+from quantum_trader.bus.protocol import Bus, Message
+from quantum_trader.config import Settings
+from quantum_trader.domain.exits import ExitActions, ExitBrain
+from quantum_trader.domain.models import Fill, OrderIntent, Signal
+from quantum_trader.domain.position import Position
+from quantum_trader.domain.records import Checkpoint, PositionSnapshot
+from quantum_trader.services.base import Service
+from quantum_trader.services.messages import bar_from
+from quantum_trader.store.protocol import TradeStore
+
+
+class ExitBrainService(Service):
+    name = "exit-brain"
+    upstreams = ("execution", "risk-safety")
+
+    def __init__(self, settings: Settings, bus: Bus, store: TradeStore | None) -> None:
+        super().__init__(settings, bus, store)
+        self.brain = ExitBrain(settings.exits.settings())
+        self.positions: dict[str, Position] = {}
+        self.last_bar_ts: dict[str, int] = {}
+        self.view_ts = -1  # market time execution has matched up to (from account updates)
+        self.consume("positions", self.on_account)
+        self.consume("executions", self.on_execution)
+        self.consume("market.bars", self.on_bar)
+        self.consume("signals", self.on_signal)
+
+    async def on_start(self) -> None:
+        if self.store is None:
+            return
+        cp = await self.store.checkpoint(self.name)
+        if cp is not None:
+            self.last_bar_ts = dict(cp.last_bar_ts)
+        open_orders = await self.store.open_orders()
+        for snap in await self.store.positions():
+            self.positions[snap.symbol] = snap.to_position()
+            self.brain.restore_from(snap, open_orders,
+                len(await self.store.orders(trace_id=snap.trace_id)))
+
+    async def on_execution(self, msg: Message) -> None:
+        if msg.type != "fill":
+            return
+        fill = from_payload(Fill, msg.payload["fill"])
+        raw_pos = msg.payload.get("position")
+        if raw_pos is None:
+            return
+        pos = from_payload(PositionSnapshot, raw_pos).to_position()
+        known_at = msg.payload.get("known_at")
+        at = known_at if isinstance(known_at, int) else fill.ts
+        was_open = self.positions.get(fill.symbol)
+        self.positions[fill.symbol] = pos
+        if msg.payload.get("purpose") == "ENTRY" and pos.is_open:
+            raw_entry = msg.payload.get("entry")
+            entry = from_payload(OrderIntent, raw_entry) if raw_entry else None
+            await self._send(self.brain.on_entry_fill(entry, pos, at, fill.trace_id),
+                             fill.trace_id)
+        elif not pos.is_open and was_open is not None and was_open.is_open:
+            await self._send(self.brain.on_position_closed(fill.symbol), fill.trace_id)
+
+    async def on_bar(self, msg: Message) -> None:
+        bar = bar_from(msg)
+        if bar.ts <= self.last_bar_ts.get(bar.symbol, -1):
+            return
+        self.last_bar_ts[bar.symbol] = bar.ts
+        await self._caught_up(bar.close_ts)
+        pos = self.positions.get(bar.symbol)
+        if pos is not None and pos.is_open:
+            pos.last_price = bar.close
+            acts = self.brain.on_bar(bar, pos)
+            if acts is not None:
+                await self._send(acts, "")
+        if self.store is not None:
+            await self.store.write([Checkpoint.progress(self.name, self.last_bar_ts,
+                                                        bar.close_ts)])
+
+    async def on_account(self, msg: Message) -> None:
+        ts = msg.payload.get("ts")
+        if isinstance(ts, int) and ts > self.view_ts:
+            self.view_ts = ts
+
+    async def _caught_up(self, min_ts: int) -> None:
+        """Apply every fill execution made up to market time ``min_ts`` before judging a
+        signal, so "close the short on a long signal" never misses a short opened this bar.
+        Execution publishes a bar's fills before the account update for that bar, so once the
+        account covers ``min_ts``, draining the fills gets them all. Live, if execution is
+        down we go on with what we know after a short wait."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.account_wait_s()
+        while True:
+            await self.catch_up("positions")
+            if self.view_ts >= min_ts or loop.time() > deadline:
+                await self.catch_up("executions")
+                return
+            await asyncio.sleep(0.0005)
+
+    async def on_signal(self, msg: Message) -> None:
+        signal = from_payload(Signal, msg.payload)
+        await self._caught_up(signal.ts)
+        acts = self.brain.on_signal(signal, self.positions.get(signal.symbol))
+        if acts is not None:
+            await self._send(acts, signal.trace_id)
+
+    async def _send(self, acts: ExitActions, trace_id: str) -> None:
+        for intent_id in acts.cancels:
+            await self.publish("exits", "cancel", {"intent_id": intent_id, "symbol": ""},
+                               trace_id, f"cancel-{intent_id}")
+        for intent in acts.intents:
+            await self.publish("exits", "exit", to_payload(intent), intent.trace_id,
+                               f"exit-{intent.id}")

@@ -1,0 +1,1 @@
+"""Alembic migration scripts of the trade store (run them with ``quantum_trader.store.migrate``)."""

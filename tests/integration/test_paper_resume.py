@@ -1,0 +1,67 @@
+"""Restarting ``run`` on the same store resumes open positions instead of opening them again,
+and ends exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quantum_trader.config import Settings
+from quantum_trader.marketdata.sample import load_sample
+from quantum_trader.runtime.paper import run_paper
+from quantum_trader.store.sql import SqlTradeStore
+from quantum_trader.store.urls import sqlite_url
+
+SETTINGS = Settings.model_validate({
+    "risk": {"max_drawdown": 0.9, "daily_loss_limit": 0.5, "min_confidence": 0.5},
+    "exits": {"trailing_stop": 0.04, "trailing_activation": 0.01},
+})
+
+
+async def _run(db: Path, bars: int | None, series_len: int = 2400) -> tuple[object, ...]:
+    series = [load_sample("XRP").slice(0, series_len)]
+    store = SqlTradeStore(sqlite_url(db), create=True)
+    await store.open()
+    try:
+        summary = await run_paper(SETTINGS, series, store, max_bars=bars, batch=50)
+        trades = await store.trades(limit=10_000)
+        positions = await store.positions()
+        orders = await store.orders()
+        counts = await store.counts()
+    finally:
+        await store.close()
+    return summary, trades, positions, orders, counts
+
+
+@pytest.mark.integration
+async def test_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    _, trades_full, pos_full, orders_full, _ = await _run(tmp_path / "full.db", None)
+    assert len(trades_full) > 5
+
+    # Find a stopping point with a position open, so the resume has something to carry.
+    stop_at = None
+    for t in sorted(trades_full, key=lambda t: t.opened_ts):
+        if t.closed_ts - t.opened_ts > 3 * 1_800_000:
+            stop_at = int((t.opened_ts - load_sample("XRP").ts[0]) // 1_800_000) + 2
+            break
+    assert stop_at is not None
+    split = tmp_path / "split.db"
+    first, _, pos_mid, _, _ = await _run(split, stop_at)
+    assert pos_mid, "the first leg must stop with a position open"
+    assert first.open_positions  # type: ignore[attr-defined]
+    second, trades_split, pos_split, orders_split, counts = await _run(split, None)
+    assert second.resumed  # type: ignore[attr-defined]
+    assert second.bars_processed == 2400 - stop_at  # type: ignore[attr-defined]
+
+    def key(t: object) -> tuple[object, ...]:
+        return (t.symbol, t.side, t.opened_ts, t.closed_ts, round(t.entry_price, 10),  # type: ignore[attr-defined]
+                round(t.exit_price, 10), round(t.net_pnl, 8), t.exit_reason)  # type: ignore[attr-defined]
+
+    assert sorted(map(key, trades_split)) == sorted(map(key, trades_full))
+    assert [(p.symbol, p.qty, round(p.avg_entry, 10)) for p in pos_split] == \
+        [(p.symbol, p.qty, round(p.avg_entry, 10)) for p in pos_full]
+    # No order was placed twice: same client order ids as the uninterrupted run.
+    assert sorted(o.client_order_id for o in orders_split) == \
+        sorted(o.client_order_id for o in orders_full)
+    assert counts["checkpoints"] == 1

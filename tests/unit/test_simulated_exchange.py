@@ -1,0 +1,182 @@
+"""Simulator fidelity: hand-computed scenarios must match exactly."""
+
+from __future__ import annotations
+
+import pytest
+
+from quantum_trader.domain.enums import Liquidity, OrderStatus, OrderType, Side
+from quantum_trader.domain.instruments import Instrument
+from quantum_trader.domain.models import Bar
+from quantum_trader.exchange.protocol import OrderRequest
+from quantum_trader.exchange.simulated import SimExchangeSettings, SimulatedExchange
+
+H = 3_600_000
+T0 = 1_700_006_400_000 - 1_700_006_400_000 % (8 * H)  # a funding boundary (00/08/16 UTC)
+INST = Instrument("TESTUSDT", tick_size=0.01, step_size=1.0, min_qty=1.0, min_notional=1.0,
+                  max_leverage=50, maintenance_margin_rate=0.005)
+
+
+def ex(**kw: float) -> SimulatedExchange:
+    base = {"initial_balance": 100_000.0, "maker_fee": 0.0002, "taker_fee": 0.0005,
+            "slippage_bps": 1.0, "impact": 0.1, "max_volume_share": 0.1,
+            "funding_rate": 0.0001, "liquidation_fee": 0.0125, "default_leverage": 5.0}
+    base.update(kw)
+    x = SimulatedExchange(SimExchangeSettings(**base), lambda _s: INST)  # type: ignore[arg-type]
+    x.on_bar(Bar("TESTUSDT", "1h", T0, 1.0, 1.0, 1.0, 1.0, 1.0))  # the market opens: a price
+    return x
+
+
+def bar(i: int, o: float, h: float, lo: float, c: float, v: float = 1_000_000.0) -> Bar:
+    return Bar("TESTUSDT", "1h", T0 + 1 * H + i * H, o, h, lo, c, v)
+
+
+def req(cid: str, side: Side, qty: float, kind: OrderType = OrderType.MARKET,
+        price: float | None = None, stop: float | None = None,
+        reduce_only: bool = False) -> OrderRequest:
+    return OrderRequest(cid, "TESTUSDT", side, kind, qty, reduce_only, price, stop)
+
+
+def test_market_order_fills_at_next_open_with_slippage_and_taker_fee() -> None:
+    x = ex()
+    signal_bar = bar(0, 100, 101, 99, 100.5)
+    x.on_bar(signal_bar)
+    assert x.submit(req("a", Side.BUY, 100), signal_bar.close_ts).status is OrderStatus.ACCEPTED
+    [fill] = x.on_bar(bar(1, 102, 103, 101, 102))
+    slip = 1e-4 + 0.1 * 100 / 1_000_000
+    assert fill.fill_price == pytest.approx(102 * (1 + slip), abs=1e-12)  # the open, not 100.5
+    assert fill.fee == pytest.approx(100 * 102 * (1 + slip) * 0.0005, abs=1e-12)
+    assert fill.liquidity is Liquidity.TAKER
+    assert fill.status is OrderStatus.FILLED
+    assert x.position("TESTUSDT").qty == 100
+    assert x.wallet == pytest.approx(100_000 - fill.fee, abs=1e-9)
+
+
+def test_sell_slippage_is_against_the_trader() -> None:
+    x = ex(impact=0.0)
+    x.submit(req("a", Side.SELL, 10), T0)
+    [fill] = x.on_bar(bar(1, 50, 51, 49, 50))
+    assert fill.fill_price == pytest.approx(50 * (1 - 1e-4), abs=1e-12)
+
+
+def test_resting_limit_fills_at_its_price_as_maker() -> None:
+    x = ex()
+    x.submit(req("l", Side.BUY, 10, OrderType.LIMIT, price=95.0), T0)
+    assert x.on_bar(bar(1, 100, 101, 96, 97)) == []  # not touched
+    [fill] = x.on_bar(bar(2, 97, 98, 94, 96))
+    assert (fill.fill_price, fill.liquidity) == (95.0, Liquidity.MAKER)
+    assert fill.fee == pytest.approx(10 * 95 * 0.0002, abs=1e-12)
+
+
+def test_marketable_limit_on_arrival_is_taker_at_the_open() -> None:
+    x = ex(slippage_bps=0.0, impact=0.0)
+    x.submit(req("l", Side.BUY, 10, OrderType.LIMIT, price=105.0), T0)
+    [fill] = x.on_bar(bar(1, 100, 101, 99, 100))
+    assert (fill.fill_price, fill.liquidity) == (100.0, Liquidity.TAKER)
+
+
+def test_funding_every_8_hours_on_the_position_held() -> None:
+    x = ex(slippage_bps=0.0, impact=0.0, taker_fee=0.0)
+    x.submit(req("a", Side.BUY, 1000), T0)
+    for i in range(8):  # bars at T0+1h .. T0+8h; T0+8h is the next funding time
+        x.on_bar(bar(i, 1.0 if i == 0 else 1.2, 1.25, 0.99, 1.2))
+    assert len(x.funding_payments) == 1
+    pay = x.funding_payments[0]
+    assert pay.ts == T0 + 8 * H
+    assert pay.amount == pytest.approx(1000 * 1.2 * 0.0001, abs=1e-12)
+    assert x.position("TESTUSDT").funding == pytest.approx(0.12, abs=1e-12)
+    assert x.wallet == pytest.approx(100_000 - 0.12, abs=1e-9)
+
+
+def test_short_receives_positive_funding() -> None:
+    x = ex(slippage_bps=0.0, impact=0.0, taker_fee=0.0)
+    x.submit(req("a", Side.SELL, 1000), T0)
+    for i in range(8):
+        x.on_bar(bar(i, 1.0, 1.1, 0.9, 1.0))
+    assert x.funding_payments[0].amount == pytest.approx(-0.1, abs=1e-12)
+
+
+def test_partial_fills_capped_at_share_of_bar_volume() -> None:
+    x = ex(slippage_bps=0.0, impact=0.0)
+    x.submit(req("big", Side.BUY, 250), T0)
+    fills = [x.on_bar(bar(i, 10, 10.5, 9.5, 10, v=1000.0)) for i in range(4)]
+    assert [[f.fill_qty for f in fs] for fs in fills] == [[100.0], [100.0], [50.0], []]
+    assert [fs[0].status for fs in fills[:3]] == [OrderStatus.PARTIALLY_FILLED,
+                                                 OrderStatus.PARTIALLY_FILLED,
+                                                 OrderStatus.FILLED]
+
+
+def test_stop_and_target_in_one_bar_the_stop_comes_first() -> None:
+    x = ex(slippage_bps=0.0, impact=0.0)
+    x.submit(req("e", Side.BUY, 10), T0)
+    x.on_bar(bar(0, 100, 100.5, 99.5, 100))
+    x.submit(req("sl", Side.SELL, 10, OrderType.STOP_MARKET, stop=98.0, reduce_only=True), T0)
+    x.submit(req("tp", Side.SELL, 10, OrderType.LIMIT, price=104.0, reduce_only=True), T0)
+    reports = x.on_bar(bar(1, 100, 105, 97, 101))  # touches both
+    by_id = {r.client_order_id: r for r in reports}
+    assert by_id["sl"].status is OrderStatus.FILLED
+    assert by_id["sl"].fill_price == 98.0
+    assert by_id["tp"].status is OrderStatus.CANCELED
+    assert not x.position("TESTUSDT").is_open
+
+
+def test_short_position_the_adverse_path_is_up() -> None:
+    x = ex(slippage_bps=0.0, impact=0.0)
+    x.submit(req("e", Side.SELL, 10), T0)
+    x.on_bar(bar(0, 100, 100.5, 99.5, 100))
+    x.submit(req("sl", Side.BUY, 10, OrderType.STOP_MARKET, stop=102.0, reduce_only=True), T0)
+    x.submit(req("tp", Side.BUY, 10, OrderType.LIMIT, price=96.0, reduce_only=True), T0)
+    by_id = {r.client_order_id: r for r in x.on_bar(bar(1, 100, 103, 95, 99))}
+    assert by_id["sl"].fill_price == 102.0
+    assert by_id["tp"].status is OrderStatus.CANCELED
+
+
+def test_stop_gapped_through_fills_at_the_open() -> None:
+    x = ex(slippage_bps=0.0, impact=0.0)
+    x.submit(req("e", Side.BUY, 10), T0)
+    x.on_bar(bar(0, 100, 100, 100, 100))
+    x.submit(req("sl", Side.SELL, 10, OrderType.STOP_MARKET, stop=98.0, reduce_only=True), T0)
+    [r] = x.on_bar(bar(1, 90, 91, 89, 90))
+    assert r.fill_price == 90.0
+
+
+def test_liquidation_at_the_liquidation_price_with_fee() -> None:
+    x = ex(slippage_bps=0.0, impact=0.0, taker_fee=0.0, funding_rate=0.0, default_leverage=10.0)
+    x.submit(req("e", Side.BUY, 100), T0)
+    x.on_bar(bar(0, 100, 100, 100, 100))
+    pos = x.position("TESTUSDT")
+    assert pos.leverage == 10.0
+    liq = 100 * (1 - 1 / 10 + 0.005)
+    assert x.positions()[0].liquidation_price == pytest.approx(liq)
+    wallet_before = x.wallet
+    [r] = x.on_bar(bar(1, 99, 99.5, 90.0, 91))
+    assert r.is_liquidation
+    assert r.fill_price == pytest.approx(liq)
+    assert r.fee == pytest.approx(100 * liq * 0.0125)
+    assert not pos.is_open
+    assert x.wallet == pytest.approx(wallet_before + 100 * (liq - 100) - 100 * liq * 0.0125)
+
+
+def test_rejections_with_binance_codes() -> None:
+    x = ex()
+    x.on_bar(bar(0, 100, 100, 100, 100))
+    r = x.submit(req("ro", Side.SELL, 1, reduce_only=True), T0)
+    assert r.status is OrderStatus.REJECTED
+    assert "reduce-only" in r.reason
+    r = x.submit(req("step", Side.BUY, 1.5), T0)
+    assert r.status is OrderStatus.REJECTED
+    assert "step" in r.reason
+    r = x.submit(req("margin", Side.BUY, 100_000), T0)
+    assert r.status is OrderStatus.REJECTED
+    assert "margin" in r.reason
+
+
+def test_cancel_and_query() -> None:
+    x = ex()
+    x.submit(req("l", Side.BUY, 10, OrderType.LIMIT, price=50.0), T0)
+    assert [o.client_order_id for o in x.open_orders()] == ["l"]
+    assert x.cancel("l", T0).status is OrderStatus.CANCELED
+    assert x.open_orders() == []
+    q = x.query("l")
+    assert q is not None
+    assert q.status is OrderStatus.CANCELED
+    assert x.query("nope") is None
