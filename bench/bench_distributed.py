@@ -17,7 +17,42 @@ import time
 from pathlib import Path
 
 import httpx
+import redis
 from tests.support.cluster import PIPELINE_SERVICES, cluster
+
+from quantum_trader.bus.protocol import Message, stream_name
+from quantum_trader.domain.models import TIMEFRAME_MS
+
+
+def _entries(namespace: str, topic: str) -> list[tuple[int, Message]]:
+    """(XADD time in ms, message) of every entry on ``topic``'s stream."""
+    r = redis.Redis()
+    out = []
+    for entry_id, fields in r.xrange(namespace + stream_name(topic)):
+        out.append((int(entry_id.split(b"-")[0]), Message.decode(fields[b"d"])))
+    return out
+
+
+def print_hops(namespace: str) -> None:
+    """Where the time goes: per-hop delays from the streams' own XADD times (ms)."""
+    bars = {m.payload["ts"] + TIMEFRAME_MS[m.payload["timeframe"]]: t
+            for t, m in _entries(namespace, "market.bars")}
+    signals = {m.trace_id: (t, m.payload["ts"]) for t, m in _entries(namespace, "signals")}
+    approved = {m.trace_id: t for t, m in _entries(namespace, "orders.approved")
+                if m.type == "intent" and m.payload["intent"].get("purpose") == "ENTRY"}
+    hops: dict[str, list[float]] = {"bar -> signal": [], "signal -> approved": []}
+    for trace, t_approved in approved.items():
+        if trace not in signals:
+            continue
+        t_signal, bar_close = signals[trace]
+        if bar_close in bars:
+            hops["bar -> signal"].append(t_signal - bars[bar_close])
+            hops["signal -> approved"].append(t_approved - t_signal)
+    for name, xs in hops.items():
+        xs.sort()
+        if xs:
+            print(f"  {name:<20} n={len(xs):>4}  p50 {xs[len(xs) // 2]:6.1f} ms  "
+                  f"p99 {xs[min(len(xs) - 1, int(0.99 * len(xs)))]:6.1f} ms")
 
 
 def main() -> None:
@@ -44,6 +79,7 @@ def main() -> None:
         stats = httpx.get(f"{url}/stats/latency", timeout=5,
                           headers={"Authorization": f"Bearer {c.token}"}).json()
         print(f"bar -> entry order accepted, across processes over Redis: {stats}")
+        print_hops(c.namespace)
         if shutil.which("wrk") is None:
             print("wrk not installed (apt-get install wrk) - skipping /health load")
             return

@@ -430,15 +430,13 @@ def serve(
 ) -> None:
     """Run one service: its bus consumers and its HTTP app (/health, /ready, /metrics)."""
     from quantum_trader.observability.logging import configure_logging
-    from quantum_trader.services.runner import build_service
-    from quantum_trader.services.runner import serve as run_service
+    from quantum_trader.services.runner import build_service, run_process
 
     with _friendly_errors():
         settings = _settings(config)
         configure_logging(json=True, service=service)
         svc = build_service(service, settings)
-        asyncio.run(run_service(svc, settings.services.host,
-                                port or settings.services.ports[service]))
+        run_process(svc, settings.services.host, port or settings.services.ports[service])
 
 
 @app.command()

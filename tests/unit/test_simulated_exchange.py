@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quantum_trader.domain.enums import Liquidity, OrderStatus, OrderType, Side
 from quantum_trader.domain.instruments import Instrument
@@ -180,3 +182,69 @@ def test_cancel_and_query() -> None:
     assert q is not None
     assert q.status is OrderStatus.CANCELED
     assert x.query("nope") is None
+
+
+# --- the quiet-bar shortcut --------------------------------------------------------------------
+# ``on_bar`` skips matching when ``_quiet`` says nothing can trade. That must be exactly what
+# full matching concludes: on random books, positions (long, short, highly levered so the
+# liquidation price is near) and bars, whenever the shortcut says quiet, the full match finds
+# nothing to do; and the shortcut must not be so timid that it never fires.
+
+_price = st.floats(80.0, 120.0, allow_nan=False).map(lambda p: round(p, 2))
+
+
+@st.composite
+def _scenario(draw: st.DrawFn) -> tuple[SimulatedExchange, Bar]:
+    x = ex(default_leverage=draw(st.sampled_from([1.0, 5.0, 40.0])))
+    side = draw(st.sampled_from([Side.BUY, Side.SELL, None]))
+    x.on_bar(bar(0, 100, 100, 100, 100))
+    if side is not None:
+        x.submit(req("entry", side, 10), T0)
+        x.on_bar(bar(1, 100, 100, 100, 100))  # fills at 100 (plus slippage)
+    for i in range(draw(st.integers(0, 4))):
+        kind = draw(st.sampled_from([OrderType.LIMIT, OrderType.STOP_MARKET]))
+        level = draw(_price)
+        x.submit(req(f"o{i}", draw(st.sampled_from([Side.BUY, Side.SELL])), 1, kind,
+                     price=level if kind is OrderType.LIMIT else None,
+                     stop=level if kind is OrderType.STOP_MARKET else None,
+                     reduce_only=draw(st.booleans()) and side is not None), T0)
+    x.on_bar(bar(2, 100, 100, 100, 100))  # every order arrives (orders through 100 fill here)
+    o, a, b, c = (draw(_price) for _ in range(4))
+    return x, bar(3, o, max(o, a, b, c), min(o, a, b, c), c)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_scenario())
+def test_quiet_bar_shortcut_agrees_with_full_matching(case: tuple[SimulatedExchange, Bar]) -> None:
+    x, b = case
+    book = x._book.get(b.symbol)
+    pos = x.account.positions.get(b.symbol)
+    held = pos if pos is not None and pos.qty != 0.0 else None
+    if not x._quiet(b, book, held):
+        return
+    before = (x.wallet, [(o.request.client_order_id, o.remaining) for o in book or []],
+              held.qty if held else 0.0)
+    reports: list[object] = []
+    x._match(b, book or [], reports)  # type: ignore[arg-type]
+    assert reports == []
+    assert before == (x.wallet, [(o.request.client_order_id, o.remaining) for o in book or []],
+                      held.qty if held else 0.0)
+
+
+def test_quiet_bar_shortcut_fires_only_when_nothing_is_reached() -> None:
+    x = ex(default_leverage=40.0)  # liquidation price of a long from 100: ~98
+    x.on_bar(bar(0, 100, 100, 100, 100))
+    x.submit(req("entry", Side.BUY, 10), T0)
+    x.on_bar(bar(1, 100, 100, 100, 100))
+    x.submit(req("sl", Side.SELL, 10, OrderType.STOP_MARKET, stop=99.0, reduce_only=True), T0)
+    x.submit(req("tp", Side.SELL, 10, OrderType.LIMIT, price=103.0, reduce_only=True), T0)
+    book, pos = x._book["TESTUSDT"], x.position("TESTUSDT")
+    assert not x._quiet(bar(2, 100, 101, 99.5, 100), book, pos)  # not arrived yet
+    x.on_bar(bar(2, 100, 101, 99.5, 100))
+    assert x._quiet(bar(3, 100, 102.9, 99.1, 101), book, pos)
+    assert not x._quiet(bar(4, 100, 103.0, 99.5, 101), book, pos)  # the target is touched
+    assert not x._quiet(bar(5, 100, 101, 99.0, 100), book, pos)  # the stop is touched
+    assert not x._quiet(bar(6, 104, 104, 103.5, 104), book, pos)  # opens through the target
+    x.cancel("sl", T0)
+    assert x._quiet(bar(7, 100, 101, 98.5, 100), book, pos)
+    assert not x._quiet(bar(8, 100, 101, 97.0, 100), book, pos)  # the liquidation price

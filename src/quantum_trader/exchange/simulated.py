@@ -235,7 +235,7 @@ class SimulatedExchange:
         book = self._book.get(sym)
         pos = self.account.positions.get(sym)
         held = pos is not None and pos.qty != 0.0  # closed positions are exactly 0.0
-        if book or held:
+        if (book or held) and not self._quiet(bar, book, pos if held else None):
             self._match(bar, book or [], reports)
         self._last_price[sym] = bar.close
         if pos is not None and pos.qty != 0.0:
@@ -256,6 +256,34 @@ class SimulatedExchange:
                     FundingPayment(bar.symbol, nf, rate, bar.open, pos.qty, amount))
             nf += iv
         self._next_funding[bar.symbol] = nf
+
+    def _quiet(self, bar: Bar, book: list[_BookOrder] | None, pos: Position | None) -> bool:
+        """True when nothing can trade on this bar: every working order has arrived, rests
+        beyond the bar's range, and so does the liquidation price. Most bars of a backtest
+        with a position open are like that; answering it cheaply is what ``_match`` would
+        conclude the long way (the same price-path reach test, nothing else)."""
+        o, lo, hi = bar.open, bar.low, bar.high
+        if o < lo:
+            lo = o
+        if o > hi:
+            hi = o
+        for order in book or ():
+            req = order.request
+            kind = req.order_type
+            if not order.arrived or kind is OrderType.MARKET:
+                return False
+            if kind is OrderType.STOP_MARKET:
+                level, rising = req.stop_price, req.side is Side.BUY
+            else:
+                level, rising = req.price, req.side is Side.SELL
+            assert level is not None
+            if (hi >= level) if rising else (lo <= level):
+                return False
+        if pos is not None:
+            liq = pos.liquidation_price(self._instrument(pos.symbol).maintenance_margin_rate)
+            if (lo <= liq) if pos.qty > 0 else (hi >= liq):
+                return False
+        return True
 
     def _match(self, bar: Bar, book: list[_BookOrder], reports: list[ExecutionReport]) -> None:
         s = self.settings

@@ -14,19 +14,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from quantum_trader.bus.consumer import Consumer, ConsumerEvent
 from quantum_trader.bus.protocol import Bus, Message
 from quantum_trader.config import Settings
+from quantum_trader.observability.http_metrics import HttpMetricsMiddleware
 from quantum_trader.observability.logging import get_logger
 from quantum_trader.observability.metrics import (
     BUS_CONSUMER_LAG,
     DEADLETTER,
-    HTTP_REQUEST_SECONDS,
-    HTTP_REQUESTS,
     REGISTRY,
     SERVICE_UP,
 )
@@ -216,15 +215,7 @@ class Service:
         service = self.name
         install_security(app, self.settings, service)  # auth + rate limits on every route
 
-        @app.middleware("http")
-        async def metrics_mw(request: Request, call_next: Any) -> Response:
-            t0 = time.perf_counter()
-            response: Response = await call_next(request)
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            HTTP_REQUESTS.labels(service, request.method, path, str(response.status_code)).inc()
-            HTTP_REQUEST_SECONDS.labels(service, path).observe(time.perf_counter() - t0)
-            return response
+        app.add_middleware(HttpMetricsMiddleware, service=service)  # outermost
 
         @app.get("/health")
         async def health() -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -74,6 +74,19 @@ class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def run_process(service: Service, host: str, port: int) -> None:
+    """``serve`` as a process's main loop, on uvloop where it is installed (lower latency
+    per bus hop and HTTP request than the default loop)."""
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # e.g. Windows: the standard loop works, only slower
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(service, host, port))
 
 
 async def serve(service: Service, host: str, port: int) -> None:
