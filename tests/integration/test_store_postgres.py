@@ -259,6 +259,35 @@ async def test_idempotent_writes_and_order_upsert(store: SqlTradeStore) -> None:
     assert (await store.counts())["orders"] == 2
 
 
+async def test_record_decision_first_answer_wins(store: SqlTradeStore) -> None:
+    decision = of(sample_events(), RiskDecision)[0]
+    assert await store.record_decision(decision) is decision  # new: recorded as given
+    # A redelivery decided differently (say, now expired) gets the answer on record.
+    late = replace(decision, approved=False, reason="SIGNAL_EXPIRED", intent=None, ts=T0 + 99)
+    assert await store.record_decision(late) == decision
+    assert await store.decisions(trace_id=decision.trace_id) == [decision]
+
+
+async def test_dead_pooled_connections_are_replaced_without_an_error(
+        store: SqlTradeStore, pg_url: str) -> None:
+    """What a PostgreSQL restart does to a pool: every connection dies. The next write and
+    read must go through on fresh connections, not fail once per dead connection."""
+    events = sample_events()
+    await store.write(events[:3])
+    database = make_url(pg_url).database
+    for _ in range(2):  # kill them twice: a retried transaction must not reuse a dead one
+        admin = await _admin()
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()", database)
+        finally:
+            await admin.close()
+        assert killed >= 1  # the store's pooled connection was there to kill
+        await store.write(events[3:])
+        assert (await store.counts())["orders"] == 2
+
+
 async def test_a_bad_row_rolls_back_the_whole_batch(store: SqlTradeStore) -> None:
     events = sample_events()
     bad_fill = replace(of(events, Fill)[0], id=None)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ one fills first when a bar touches both (the stop: see ``SimulatedExchange``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,6 +49,9 @@ class _Guard:
     seq: int = 0
     exiting: bool = False  # a market exit is on its way
     protect_qty: float = 0.0
+    # The best price the trail was last settled at (stop placed, or already at least as
+    # tight): until a new best, there is nothing to recompute.
+    settled_best: float = math.nan
 
 
 @dataclass(slots=True)
@@ -127,6 +131,8 @@ class ExitBrain:
         long = g.side is Side.BUY
         best = max(g.best, bar.high) if long else min(g.best, bar.low)
         g.best = best
+        if best == g.settled_best:
+            return None
         moved = (best / g.entry_price - 1.0) if long else (1.0 - best / g.entry_price)
         if moved < s.trailing_activation:
             return None
@@ -136,8 +142,12 @@ class ExitBrain:
         improves = g.stop is None or (level > g.stop if long else level < g.stop)
         # Never trail to a level the bar's close is already through: that would fill at once.
         valid = level < bar.close if long else level > bar.close
-        if not (improves and valid and abs(level - (g.stop or 0.0)) >= inst.tick_size):
+        if not improves or abs(level - (g.stop or 0.0)) < inst.tick_size:
+            g.settled_best = best  # the stop is already there or tighter
             return None
+        if not valid:
+            return None  # the close is through the level: try again on a later bar
+        g.settled_best = best
         acts = ExitActions()
         if g.sl_order:
             acts.cancels.append(g.sl_order)

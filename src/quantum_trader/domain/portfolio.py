@@ -79,7 +79,13 @@ class Portfolio:
         self._roll(ts)
 
     def _refresh_unrealized(self) -> None:
-        self._unrealized = sum(p.unrealized_pnl for p in self.positions.values() if p.is_open)
+        # Runs on every bar with a position open: a plain loop, the same sum as
+        # ``sum(p.unrealized_pnl for p in open positions)`` without a generator per bar.
+        total = 0.0
+        for p in self.positions.values():
+            if p.is_open:
+                total += p.qty * (p.last_price - p.avg_entry)
+        self._unrealized = total
 
     def _roll(self, ts: int) -> None:
         equity = self.wallet + self._unrealized

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from quantum_trader.bus.consumer import Consumer, ConsumerEvent
-from quantum_trader.bus.protocol import Bus, Message
+from quantum_trader.bus.protocol import Bus, Message, stream_name
 from quantum_trader.config import Settings
 from quantum_trader.observability.http_metrics import HttpMetricsMiddleware
 from quantum_trader.observability.logging import get_logger
@@ -61,6 +61,7 @@ class Service:
         self._consumers: list[Consumer] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
+        self._handled: dict[str, asyncio.Event] = {}  # stream -> "its consumer handled one"
         self.owns_bus = True  # False when several services share one in-process bus
         self.health.add("redis", self._check_bus, critical=True)
         if store is not None:
@@ -83,7 +84,32 @@ class Service:
                 while await c.run_once(block_ms=0):
                     pass
 
+    async def catch_up_until(self, topic: str, done: Callable[[], bool],
+                             timeout_s: float) -> bool:
+        """Handle ``topic`` until ``done()`` holds or ``timeout_s`` passes; False on timeout.
+
+        Between checks it sleeps until ``topic``'s own consumer task handles something (it
+        wakes on a blocking read the moment an entry lands), instead of polling the bus.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        handled = self._handled.setdefault(stream_name(topic), asyncio.Event())
+        while True:
+            handled.clear()  # before the check: whatever is handled after it wakes us
+            await self.catch_up(topic)
+            if done():
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(handled.wait(), remaining)
+
     def _on_consumer_event(self, ev: ConsumerEvent) -> None:
+        if ev.kind == "handled":
+            handled = self._handled.get(ev.stream)
+            if handled is not None:
+                handled.set()
         if ev.kind == "deadletter":
             DEADLETTER.labels(ev.stream).inc()
             self.log.warning("deadletter", stream=ev.stream, entry_id=ev.entry_id,

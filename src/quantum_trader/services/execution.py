@@ -170,6 +170,14 @@ class ExecutionService(Service):
         events = self.journal.drain()
         if not events and not always_account:
             return
+        if not events:
+            # A bar that changed nothing but prices: the account goes out first and the
+            # checkpoint is committed after, off the order path. Safe because a crash in
+            # between replays the bar from the previous checkpoint to the same books.
+            await self._publish_account(ts)
+            if self.store is not None:
+                await self.store.write([node_checkpoint(self.node, self.last_bar_ts)])
+            return
         if self.store is not None:
             events.append(node_checkpoint(self.node, self.last_bar_ts))
             await self.store.write(events)  # committed before anyone hears of it

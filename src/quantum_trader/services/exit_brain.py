@@ -4,8 +4,6 @@ exit goes to risk-safety as a reduce-only intent."""
 
 from __future__ import annotations
 
-import asyncio
-
 from quantum_trader.bus.codec import from_payload, to_payload
 from quantum_trader.bus.protocol import Bus, Message
 from quantum_trader.config import Settings
@@ -92,14 +90,9 @@ class ExitBrainService(Service):
         Execution publishes a bar's fills before the account update for that bar, so once the
         account covers ``min_ts``, draining the fills gets them all. Live, if execution is
         down we go on with what we know after a short wait."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.account_wait_s()
-        while True:
-            await self.catch_up("positions")
-            if self.view_ts >= min_ts or loop.time() > deadline:
-                await self.catch_up("executions")
-                return
-            await asyncio.sleep(0.0005)
+        await self.catch_up_until("positions", lambda: self.view_ts >= min_ts,
+                                  self.settings.account_wait_s())
+        await self.catch_up("executions")
 
     async def on_signal(self, msg: Message) -> None:
         signal = from_payload(Signal, msg.payload)

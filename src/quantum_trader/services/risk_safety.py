@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from quantum_trader.bus.codec import from_payload, to_payload
@@ -26,6 +25,8 @@ from quantum_trader.services.base import Service
 from quantum_trader.services.messages import bar_from
 from quantum_trader.services.signing import sign
 from quantum_trader.store.protocol import TradeStore
+
+_DECIDED_MAX = 50_000
 
 
 class RiskSafetyService(Service):
@@ -51,6 +52,9 @@ class RiskSafetyService(Service):
         self.view_ts = -1  # market time of the newest account snapshot applied
         self._view_wait_s = settings.account_wait_s()
         self._view_wall = 0
+        # Decisions made by this process, newest last: redeliveries are answered from here
+        # without a database round trip (the store answers for earlier incarnations).
+        self._decided: dict[str, RiskDecision] = {}
         self.consume("market.bars", self.on_bar)
         self.consume("signals", self.on_signal)
         self.consume("exits", self.on_exit)
@@ -92,7 +96,7 @@ class RiskSafetyService(Service):
         # Judge the signal at the newest market time we can know of, so a signal that waited
         # while this service was down dies of old age instead of being traded late.
         await self.catch_up("market.bars")
-        prior = await self._prior(f"{signal.id}:risk", signal.trace_id)
+        prior = self._decided.get(f"{signal.id}:risk")
         if prior is not None:  # a redelivery: publish the same answer again, decide nothing
             await self._publish(prior)
             return
@@ -133,7 +137,7 @@ class RiskSafetyService(Service):
         if msg.type != "exit":
             raise MalformedMessage(f"unknown exits message type {msg.type!r}")
         intent = from_payload(OrderIntent, msg.payload)
-        prior = await self._prior(f"{intent.id}:risk", intent.trace_id)
+        prior = self._decided.get(f"{intent.id}:risk")
         if prior is not None:
             await self._publish(prior)
             return
@@ -155,29 +159,21 @@ class RiskSafetyService(Service):
     async def _fresh_view(self, min_ts: int) -> bool:
         """Wait until the account view covers market time ``min_ts`` (execution has matched
         that bar), so entries are sized on the account as it is, not as it was."""
-        deadline = asyncio.get_running_loop().time() + self._view_wait_s
-        while True:
-            await self.catch_up("positions")
-            if self.view_ts >= min_ts:
-                return True
-            if asyncio.get_running_loop().time() > deadline:
-                return False
-            await asyncio.sleep(0.0005)
-
-    async def _prior(self, decision_id: str, trace_id: str) -> RiskDecision | None:
-        if self.store is None:
-            return None
-        for d in await self.store.decisions(trace_id=trace_id):
-            if d.id == decision_id:
-                return d
-        return None
+        return await self.catch_up_until("positions", lambda: self.view_ts >= min_ts,
+                                         self._view_wait_s)
 
     async def _commit(self, decision: RiskDecision) -> None:
+        # The decision is on record before it is sent. One decided by an earlier incarnation
+        # of this service (a redelivery after a crash) wins: the same answer goes out again.
+        on_record = decision
         if self.store is not None:
-            await self.store.write([decision])  # the decision is on record before it is sent
-        if not decision.approved:
-            RISK_REJECTIONS.labels(decision.reason).inc()
-        await self._publish(decision)
+            on_record = await self.store.record_decision(decision)
+        self._decided[on_record.id] = on_record
+        if len(self._decided) > _DECIDED_MAX:
+            self._decided.pop(next(iter(self._decided)))
+        if not on_record.approved and on_record is decision:
+            RISK_REJECTIONS.labels(on_record.reason).inc()
+        await self._publish(on_record)
 
     async def _publish(self, decision: RiskDecision) -> None:
         if decision.approved and decision.intent is not None:

@@ -51,6 +51,7 @@ def make_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
         return engine
     if backend == "postgresql":
-        # pre_ping: a PostgreSQL restart must not surface as an error on the next write.
-        return create_async_engine(u, pool_pre_ping=True, **kwargs)
+        # No pool_pre_ping (a round trip on every checkout, on the order path): the store
+        # retries a transaction once when it finds its connection dead (SqlTradeStore).
+        return create_async_engine(u, **kwargs)
     raise StoreError(f"unsupported database {redact(u)!r}: use sqlite or postgresql")

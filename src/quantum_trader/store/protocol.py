@@ -33,6 +33,10 @@ class TradeStore(Protocol):
         (signals, decisions, fills and trades are keyed by id; orders, positions and
         checkpoints are upserts)."""
 
+    async def record_decision(self, decision: RiskDecision) -> RiskDecision:
+        """Record ``decision`` unless one with its id is on record; return the one on
+        record (so a redelivered signal gets the same answer again)."""
+
     async def open_orders(self) -> list[Order]: ...
 
     async def positions(self) -> list[PositionSnapshot]:

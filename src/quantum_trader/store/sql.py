@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable, Select
 
 from quantum_trader.domain.enums import (
@@ -358,6 +358,9 @@ def _checkpoint(r: Mapping[str, Any]) -> Checkpoint:
 # --- write dispatch ------------------------------------------------------------------------
 
 
+R = TypeVar("R")
+
+
 @dataclass(frozen=True, slots=True)
 class _Sink:
     """Where one event type goes: its table, its key, and upsert (last write wins) or
@@ -495,18 +498,35 @@ class SqlTradeStore:
     ) -> None:
         await self.close()
 
+    async def _transaction(self, work: Callable[[AsyncConnection], Awaitable[R]]) -> R:
+        """Run ``work`` in one transaction. A connection the pool handed out dead (PostgreSQL
+        restarted since it was last used) is detected by the failure itself and the work is
+        retried once on a fresh one: cheaper than pinging on every checkout, and safe because
+        a transaction on a dead connection cannot have committed."""
+        for attempt in (1, 2):
+            try:
+                async with self.engine.begin() as conn:
+                    return await work(conn)
+            except DBAPIError as exc:
+                if attempt == 1 and exc.connection_invalidated:
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def write(self, events: Sequence[StoreEvent]) -> None:
         # Rows are built before the transaction starts: a malformed event fails the batch
         # without touching the database.
         batches = _group(events)
         if not batches:
             return
-        engine = self.engine
+
+        async def work(conn: AsyncConnection) -> None:
+            for sink, rows in batches:
+                # A list of parameter sets is one executemany per table.
+                await conn.execute(self._statements[sink.table], rows)
+
         try:
-            async with engine.begin() as conn:
-                for sink, rows in batches:
-                    # A list of parameter sets is one executemany per table.
-                    await conn.execute(self._statements[sink.table], rows)
+            await self._transaction(work)
         except (SQLAlchemyError, OSError) as exc:
             cause = _cause(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
             # Writes are idempotent, so retrying the same batch is always safe.
@@ -514,10 +534,32 @@ class SqlTradeStore:
                 f"write of {len(events)} events failed and was rolled back: {cause}"
             ) from exc
 
+    async def record_decision(self, decision: RiskDecision) -> RiskDecision:
+        """Put ``decision`` on record unless a decision with its id already is, and return
+        the one on record: a redelivered signal gets the answer it got the first time, in
+        one round trip for the usual case of a new decision."""
+        row = _decision_row(decision)
+        table = t.risk_decisions
+        insert = self._statements[table].returning(table.c.id)  # type: ignore[attr-defined]
+
+        async def work(conn: AsyncConnection) -> list[Mapping[str, Any]]:
+            if (await conn.execute(insert, row)).first() is not None:
+                return []
+            found: Any = await conn.execute(select(table).where(table.c.id == decision.id))
+            return list(found.mappings().all())
+
+        try:
+            prior = await self._transaction(work)
+        except (SQLAlchemyError, OSError) as exc:
+            cause = _cause(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
+            raise StoreError(f"recording decision {decision.id} failed: {cause}") from exc
+        return _decision(prior[0]) if prior else decision
+
     async def _all(self, stmt: Select[Any]) -> list[Mapping[str, Any]]:
-        async with self.engine.connect() as conn:
-            result = await conn.execute(stmt)
-            return list(result.mappings().all())
+        async def work(conn: AsyncConnection) -> list[Mapping[str, Any]]:
+            return list((await conn.execute(stmt)).mappings().all())
+
+        return await self._transaction(work)
 
     async def open_orders(self) -> list[Order]:
         stmt = (
