@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from quantum_trader.domain.enums import Direction, IntentPurpose, OrderType, Side
 from quantum_trader.domain.instruments import Instrument, instrument_for
@@ -217,6 +218,29 @@ class ExitBrain:
         self.restore(snap.symbol, Side.BUY if snap.qty > 0 else Side.SELL, snap.avg_entry,
                      snap.opened_ts, snap.trace_id, snap.stop_loss, snap.take_profit,
                      abs(snap.qty), sl, tp, orders_in_trace + 1)
+
+    def trail_state(self) -> dict[str, dict[str, Any]]:
+        """Per guarded symbol, what a restart needs to go on trailing where it was: the best
+        price seen since entry and the stop level working now, tagged with the position's
+        trace id so it is never applied to a later position."""
+        return {sym: {"trace_id": g.trace_id, "best": g.best, "stop": g.stop}
+                for sym, g in self.guards.items()}
+
+    def restore_trail(self, state: dict[str, Any]) -> list[str]:
+        """Apply a ``trail_state()`` saved before a restart to the guards ``restore_from``
+        rebuilt; entries for other positions are ignored. Returns the symbols restored."""
+        restored = []
+        for sym, saved in state.items():
+            g = self.guards.get(sym)
+            if g is None or not isinstance(saved, dict) or saved.get("trace_id") != g.trace_id:
+                continue
+            best, stop = saved.get("best"), saved.get("stop")
+            if isinstance(best, int | float) and math.isfinite(best):
+                g.best = max(g.best, best) if g.side is Side.BUY else min(g.best, best)
+            if isinstance(stop, int | float) and math.isfinite(stop):
+                g.stop = float(stop)
+            restored.append(sym)
+        return restored
 
     def restore(self, symbol: str, side: Side, entry_price: float, opened_ts: int,
                 trace_id: str, stop: float | None, target: float | None, qty: float,

@@ -4,6 +4,8 @@ exit goes to risk-safety as a reduce-only intent."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from quantum_trader.bus.codec import from_payload, to_payload
 from quantum_trader.bus.protocol import Bus, Message
 from quantum_trader.config import Settings
@@ -42,6 +44,10 @@ class ExitBrainService(Service):
             self.positions[snap.symbol] = snap.to_position()
             self.brain.restore_from(snap, open_orders,
                 len(await self.store.orders(trace_id=snap.trace_id)))
+        if cp is not None:
+            restored = self.brain.restore_trail(cp.extra.get("trail") or {})
+            if restored:
+                self.log.info("trail_restored", symbols=restored)
 
     async def on_execution(self, msg: Message) -> None:
         if msg.type != "fill":
@@ -76,8 +82,9 @@ class ExitBrainService(Service):
             if acts is not None:
                 await self._send(acts, "")
         if self.store is not None:
-            await self.store.write([Checkpoint.progress(self.name, self.last_bar_ts,
-                                                        bar.close_ts)])
+            cp = replace(Checkpoint.progress(self.name, self.last_bar_ts, bar.close_ts),
+                         extra={"trail": self.brain.trail_state()})  # resume trailing here
+            await self.store.write([cp])
 
     async def on_account(self, msg: Message) -> None:
         ts = msg.payload.get("ts")
