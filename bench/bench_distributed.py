@@ -9,6 +9,7 @@ Run: PYTHONPATH=. .venv/bin/python bench/bench_distributed.py [--bars 1500] [--r
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,12 @@ from tests.support.cluster import PIPELINE_SERVICES, cluster
 
 from quantum_trader.bus.protocol import Message, stream_name
 from quantum_trader.domain.models import TIMEFRAME_MS
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _entries(namespace: str, topic: str) -> list[tuple[int, Message]]:
@@ -74,7 +81,11 @@ def main() -> None:
         for name in PIPELINE_SERVICES:
             c.start(name)
         c.wait_for(lambda: c.health("execution").get("status") == "OK", 30, "services up")
+        cpu0 = {name: _cpu_seconds(p.pid) for name, p in c.procs.items()}
         time.sleep(args.bars / args.rate + 3)
+        cpu = {name: _cpu_seconds(p.pid) - cpu0[name] for name, p in c.procs.items()}
+        print("CPU per bar replayed: " + ", ".join(
+            f"{name} {1000 * sec / args.bars:.2f} ms" for name, sec in cpu.items()))
         url = f"http://127.0.0.1:{c.ports['execution']}"
         stats = httpx.get(f"{url}/stats/latency", timeout=5,
                           headers={"Authorization": f"Bearer {c.token}"}).json()
