@@ -75,6 +75,9 @@ def main() -> None:
                           "strategy.fast": 2, "strategy.slow": 3,
                           "risk.cooldown_after_stop_ms": 0,
                           "risk.max_orders_per_minute": 100_000,
+                          # production heartbeat timings (the test cluster's are 4x faster)
+                          "services.heartbeat_interval_s": 1.0,
+                          "services.heartbeat_stale_s": 5.0,
                           # measure /health itself, not the monitoring rate limit
                           "security.monitoring_limit": {"rate": 1e6, "burst": 1_000_000}}
     ) as c:
