@@ -94,6 +94,22 @@ class ExchangeSection(_Section):
     poll_s: float = Field(1.0, gt=0)  # klines and fills polling
     stale_after_s: float = Field(90.0, gt=0)  # no new closed bar for this long: data stale
     reconcile_s: float = Field(30.0, gt=0)  # compare our orders/positions with the venue
+    # Binance limits request weight per IP, and every service that talks to the venue runs
+    # from the same host: each gets a share, so together they never exceed the limit (even
+    # when some requests go unanswered and their counts cannot be read from the venue).
+    weight_shares: dict[str, float] = Field(
+        default_factory=lambda: {"execution": 0.6, "market-data": 0.3})
+
+    @field_validator("weight_shares")
+    @classmethod
+    def _shares_fit(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - {"execution", "market-data"})
+        if unknown:
+            raise ValueError(f"only execution and market-data talk to the venue, not "
+                             f"{', '.join(unknown)}")
+        if any(not 0 < x <= 1 for x in v.values()) or sum(v.values()) > 1.0:
+            raise ValueError(f"shares must each be in (0, 1] and sum to at most 1, got {v}")
+        return v
 
 
 class StrategySection(_Section):

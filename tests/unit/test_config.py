@@ -53,3 +53,15 @@ def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
         load_settings(cfg, env={})
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "nope.yaml", env={})
+
+
+def test_exchange_weight_shares_must_fit_one_ip(tmp_path: Path) -> None:
+    cfg = tmp_path / "qt.yaml"
+    cfg.write_text("exchange:\n  weight_shares: {execution: 0.8, market-data: 0.3}\n")
+    with pytest.raises(ConfigError, match="sum to at most 1"):
+        load_settings(cfg, env={})
+    cfg.write_text("exchange:\n  weight_shares: {gateway: 0.1}\n")
+    with pytest.raises(ConfigError, match="not gateway"):
+        load_settings(cfg, env={})
+    cfg.write_text("exchange:\n  weight_shares: {execution: 0.5, market-data: 0.4}\n")
+    assert load_settings(cfg, env={}).exchange.weight_shares["market-data"] == 0.4

@@ -77,3 +77,51 @@ def test_weights_match_binance() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="headroom"):
         WeightLimiter(100, 60, headroom=1.5)
+
+
+async def test_routine_requests_are_paced_and_leave_a_reserve_for_orders() -> None:
+    clock = FakeClock(1_020.0)
+    lim = limiter(clock)  # budget 90 of 100; routine may use 67 of it, at 67/60 per second
+    assert lim.routine_budget == 67
+    for _ in range(5):  # a short burst goes at once
+        await lim.acquire(1, urgent=False)
+    assert clock.slept == []
+    await lim.acquire(1, urgent=False)  # then at the pace, not all of the window at once
+    assert clock.slept == [pytest.approx((1 - (67 / 60 * 5.0 - 5)) / (67 / 60))]
+    clock.slept.clear()
+    for _ in range(61):  # the rest of the routine share: paced over the window, not blocked
+        await lim.acquire(1, urgent=False)
+    assert lim.used == 67
+    assert max(clock.slept) < 1.0
+    before = clock.t
+    for _ in range(23):  # orders still get the reserve at once
+        await lim.acquire(1)
+    assert clock.t == before
+    assert lim.used == 90
+    await lim.acquire(1, urgent=False)  # and the window is spent: wait for the next one
+    assert clock.slept[-1] > 1.0
+    assert lim.used == 1
+
+
+def test_reserve_and_burst_are_checked() -> None:
+    with pytest.raises(ValueError, match="reserve"):
+        WeightLimiter(reserve=1.0)
+    with pytest.raises(ValueError, match="burst_s"):
+        WeightLimiter(burst_s=0)
+
+
+async def test_a_share_caps_our_own_spend_and_the_ip_count_caps_everyone() -> None:
+    clock = FakeClock(1_020.0)
+    lim = limiter(clock, headroom=0.3)  # our share: 30 of 100; the IP as a whole: 90
+    lim.observe(50)  # the other process on our IP has spent 50
+    for _ in range(30):
+        await lim.acquire(1)
+    assert clock.slept == []  # our share was ours to spend: the others' use does not eat it
+    assert (lim.own_used, lim.used) == (30, 80)
+    await lim.acquire(1)  # our share is spent: wait for the next window
+    assert clock.slept == [pytest.approx(60.005)]
+
+    lim.observe(89)  # a new window in which the others come close to the IP's limit
+    await lim.acquire(1)
+    await lim.acquire(1)  # 91 > 90: even with our share unspent, the IP's count holds us
+    assert len(clock.slept) == 2

@@ -71,11 +71,15 @@ class BinanceSettings:
     @classmethod
     def from_config(cls, settings: Settings, mode: Mode = "testnet",
                     base_url: str | None = None,
-                    symbols: tuple[str, ...] = ()) -> BinanceSettings:
-        """Keys from the config's secrets (files or env), ``settings.leverage`` per symbol."""
+                    symbols: tuple[str, ...] = (),
+                    service: str | None = None) -> BinanceSettings:
+        """Keys from the config's secrets (files or env), ``settings.leverage`` per symbol,
+        and ``service``'s share of the IP's request weight (``exchange.weight_shares``)."""
         sec = settings.secrets
+        shares = settings.exchange.weight_shares
         return cls(mode=mode, base_url=base_url, api_key=sec.exchange_api_key,
                    api_secret=sec.exchange_api_secret,
+                   headroom=shares.get(service, 0.9) if service else 0.9,
                    leverage={s: int(settings.leverage) for s in symbols})
 
 
@@ -99,7 +103,9 @@ class _Client(ccxt_async.binanceusdm):  # type: ignore[misc]
     async def fetch(self, url: str, method: str = "GET", headers: Any = None,
                     body: Any = None) -> Any:
         parts = urlsplit(url)
-        await self.qt_limiter.acquire(binance_weight(parts.path, dict(parse_qsl(parts.query))))
+        # Orders and cancels may use the reserve the limiter keeps; polls and queries are paced.
+        await self.qt_limiter.acquire(binance_weight(parts.path, dict(parse_qsl(parts.query))),
+                                      urgent=method.upper() in ("POST", "DELETE", "PUT"))
         EXCHANGE_RATE_LIMIT_USED.set(self.qt_limiter.used / self.qt_limiter.limit)
         self.qt_requests += 1
         try:

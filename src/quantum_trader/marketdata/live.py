@@ -51,6 +51,9 @@ class FeedStats:
     last_ts: dict[str, int] = field(default_factory=dict)
 
 
+_POLL_PAGE = 99  # bars asked for by a routine poll: the lightest klines weight
+
+
 class LiveKlineFeed:
     def __init__(self, source: BarSource, symbols: Sequence[str], timeframe: str,
                  publish: Callable[[Bar], Awaitable[None]], *, poll_s: float = 1.0,
@@ -117,11 +120,14 @@ class LiveKlineFeed:
         n = 0
         first_page = True
         while True:
+            # A routine poll asks for a small page (Binance weighs klines by the limit: under
+            # 100 costs 1, 1000 costs 5); only a full page means a gap, fetched in big pages.
+            limit = min(self.page_size, _POLL_PAGE) if first_page else self.page_size
             if last is None:
                 page = await self.source.bars(sym, self.timeframe, None, self.warmup_bars)
+                limit = self.page_size
             else:
-                page = await self.source.bars(sym, self.timeframe, last + self.tf_ms,
-                                              self.page_size)
+                page = await self.source.bars(sym, self.timeframe, last + self.tf_ms, limit)
             fresh = sorted((b for b in page if last is None or b.ts > last), key=lambda b: b.ts)
             self.stats.duplicates_dropped += len(page) - len(fresh)
             for bar in fresh:
@@ -135,7 +141,7 @@ class LiveKlineFeed:
                 n += 1
             if len(fresh) > 1 or not first_page:
                 self.stats.backfilled += max(0, len(fresh) - (1 if first_page else 0))
-            if len(page) < self.page_size or not fresh:
+            if len(page) < limit or not fresh:
                 return n
             first_page = False
 

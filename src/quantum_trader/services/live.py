@@ -42,10 +42,12 @@ from quantum_trader.store.protocol import TradeStore
 MODES = {"binance-testnet": "testnet", "binance-demo": "demo", "binance-live": "live"}
 
 
-def venue_for(settings: Settings) -> CcxtBinanceExchange:
+def venue_for(settings: Settings, service: str) -> CcxtBinanceExchange:
+    """The venue client of ``service``, limited to its share of the IP's request weight."""
     x = settings.exchange
     return CcxtBinanceExchange(BinanceSettings.from_config(
-        settings, MODES[x.kind], x.base_url or None, x.symbols))  # type: ignore[arg-type]
+        settings, MODES[x.kind], x.base_url or None, x.symbols,  # type: ignore[arg-type]
+        service=service))
 
 
 class LiveMarketDataService(Service):
@@ -56,7 +58,7 @@ class LiveMarketDataService(Service):
 
     def __init__(self, settings: Settings, bus: Bus, store: TradeStore | None) -> None:
         super().__init__(settings, bus, store)
-        self.venue = venue_for(settings)
+        self.venue = venue_for(settings, self.name)
         self.stale_reason: str | None = "feed not started"
         self.last_ts: dict[str, int] = {}
         self.health.add("market data", self._check_feed, critical=False)
@@ -99,7 +101,7 @@ class LiveExecutionService(ExecutionService):
     def __init__(self, settings: Settings, bus: Bus, store: TradeStore | None,
                  key: bytes) -> None:
         super().__init__(settings, bus, store, key)
-        self.venue = venue_for(settings)
+        self.venue = venue_for(settings, self.name)
         self.breaker = CircuitBreaker(on_state=self._on_breaker)
         self.placer = ReliablePlacer(self.venue, self._persist, self.breaker)
         self.kill_switch = KillSwitch(self.venue, self.placer)
