@@ -213,6 +213,19 @@ def test_klines_serve_closed_bars_up_to_the_sim_clock(server: SimServer) -> None
         assert r.json()["code"] == -1120
 
 
+async def test_the_client_budgets_for_the_limit_the_venue_advertises() -> None:
+    srv = make_server(bar_seconds=0, weight_limit=6_000)
+    v = client_for(srv)  # configured for Binance's usual 2,400
+    try:
+        assert v.limiter.limit == 2_400
+        await v.connect()
+        assert v.limiter.limit == 6_000  # from exchangeInfo's rateLimits
+        assert v.limiter.budget == 5_400
+    finally:
+        await v.close()
+        srv.stop()
+
+
 async def test_the_weighted_limiter_keeps_a_busy_client_under_the_limit() -> None:
     srv = make_server(bar_seconds=0, weight_limit=100, weight_window_s=1.0)
     # Requests acquired at the end of one window can reach the server in the next; with 200 in

@@ -34,8 +34,11 @@ def _bars(r: redis.Redis, ns: str) -> list[int]:
 
 
 def test_live_cycle_on_the_simulator_with_a_feed_cut(tmp_path: Path) -> None:
+    # The clock runs 9,000x fast and the services poll at 20 Hz: a venue limit scaled up to
+    # match (the clients budget for whatever the venue advertises). The limits themselves
+    # are tested at Binance's 2,400 in test_exchange_faults.py.
     state = SimState(SimServerConfig(series=load_series(["sample:XRP"]), bar_seconds=0.2,
-                                     start_bar=600))
+                                     start_bar=600, weight_limit=24_000))
     srv = SimServer(state).start()
     (tmp_path / "key").write_text(state.config.api_key)
     (tmp_path / "secret").write_text(state.config.api_secret)

@@ -83,3 +83,25 @@ def test_client_order_id_is_deterministic_short_and_binance_safe() -> None:
     assert cid != client_order_id_for(long_id + "x")
     assert len(cid) <= 36
     assert all(ch.isalnum() for ch in cid)
+
+
+def test_a_stale_status_snapshot_never_moves_an_order_back() -> None:
+    """Reconciliation reads order snapshots that may predate fills we already applied."""
+    from quantum_trader.domain.enums import Liquidity
+    from quantum_trader.domain.models import OrderIntent
+    from quantum_trader.domain.tracking import OrderTracker
+    from quantum_trader.exchange.protocol import ExecutionReport
+
+    tracker = OrderTracker()
+    intent = OrderIntent("i-stale", "XRPUSDT", Side.BUY, 100.0, OrderType.LIMIT,
+                         IntentPurpose.ENTRY, 0, 60_000, "t", price=1.0)
+    order = tracker.create(intent, 0)
+    cid = order.client_order_id
+    tracker.apply(ExecutionReport(cid, "x1", "XRPUSDT", OrderStatus.ACCEPTED, 1, Side.BUY))
+    tracker.apply(ExecutionReport(cid, "x1", "XRPUSDT", OrderStatus.PARTIALLY_FILLED, 2,
+                                  Side.BUY, 40.0, 1.0, 0.01, Liquidity.MAKER, "7"))
+    _, fill = tracker.apply(ExecutionReport(cid, "x1", "XRPUSDT", OrderStatus.ACCEPTED, 3,
+                                            Side.BUY))
+    assert fill is None
+    assert order.status is OrderStatus.PARTIALLY_FILLED
+    assert order.filled_qty == 40.0

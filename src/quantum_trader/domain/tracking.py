@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from quantum_trader.domain.enums import IntentPurpose, OrderStatus, OrderType
 from quantum_trader.domain.models import Fill, OrderIntent
-from quantum_trader.domain.orders import Order, client_order_id_for
+from quantum_trader.domain.orders import TRANSITIONS, Order, client_order_id_for
 from quantum_trader.exchange.protocol import ExecutionReport, OrderRequest
 
 
@@ -77,6 +77,10 @@ class OrderTracker:
             if order.status is OrderStatus.NEW and report.status is not OrderStatus.REJECTED:
                 order.transition(OrderStatus.SUBMITTED, report.ts)
             if report.status is not order.status:
+                if report.status not in TRANSITIONS[order.status]:
+                    # A status snapshot older than what we already know (say ACCEPTED, read
+                    # by reconciliation, after fills were applied): it cannot move us back.
+                    return order, None
                 order.transition(report.status, report.ts, report.reason)
         if order.status.is_terminal:
             self.open.pop(order.client_order_id, None)

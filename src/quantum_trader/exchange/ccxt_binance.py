@@ -223,11 +223,21 @@ class CcxtBinanceExchange:
                 min_qty=float(lot.get("minQty", 0.001)),
                 min_notional=float(filters.get("MIN_NOTIONAL", {}).get("notional", 5.0)))
             self._ccxt_symbol[m["id"]] = m["symbol"]
+        await self.adopt_rate_limit()
         await self.resync_time()
         for sym, lev in self.settings.leverage.items():
             await self.set_margin_mode(sym, self.settings.margin_mode)
             await self.set_leverage(sym, lev)
         await self.refresh_marks()
+
+    async def adopt_rate_limit(self) -> None:
+        """Budget for the request-weight limit the venue advertises (exchangeInfo
+        ``rateLimits``), not an assumed one: accounts and venues differ."""
+        info = await self._x.fapiPublicGetExchangeInfo()
+        for rl in info.get("rateLimits", []) if isinstance(info, dict) else []:
+            if rl.get("rateLimitType") == "REQUEST_WEIGHT" and str(rl.get("interval")) == \
+                    "MINUTE" and int(rl.get("intervalNum", 1)) == 1 and int(rl["limit"]) > 0:
+                self.limiter.set_limit(int(rl["limit"]))
 
     async def resync_time(self) -> None:
         """Measure the venue's clock offset (after a -1021) so signatures carry its time."""

@@ -30,14 +30,10 @@ class WeightLimiter:
             raise ValueError("limit and window must be positive, headroom in (0, 1]")
         if not 0 <= reserve < 1 or burst_s <= 0:
             raise ValueError("reserve must be in [0, 1) and burst_s positive")
-        self.limit = limit
         self.window_s = window_s
-        self.budget = max(1, int(limit * headroom))
-        self.routine_budget = max(1, int(self.budget * (1 - reserve)))
-        self.ip_budget = max(1, int(limit * ip_headroom))
-        self._ip_routine = max(1, int(self.ip_budget * (1 - reserve)))
-        self._rate = self.routine_budget / window_s  # routine weight per second
-        self._capacity = max(1.0, self._rate * burst_s)  # how far routine use may run ahead
+        self.headroom, self.reserve, self.burst_s, self.ip_headroom = (
+            headroom, reserve, burst_s, ip_headroom)
+        self.set_limit(limit)
         self._clock = clock
         self._sleep = sleep
         self._idx = self._index(clock())
@@ -48,6 +44,19 @@ class WeightLimiter:
         self._blocked_until = 0.0
         self._routine_queue = asyncio.Lock()
         self.waited_s = 0.0  # total time spent waiting (for metrics and benchmarks)
+
+    def set_limit(self, limit: int) -> None:
+        """Budget for a venue limit of ``limit`` weight per window (e.g. what the venue
+        advertises in exchangeInfo's rateLimits)."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        self.limit = limit
+        self.budget = max(1, int(limit * self.headroom))
+        self.routine_budget = max(1, int(self.budget * (1 - self.reserve)))
+        self.ip_budget = max(1, int(limit * self.ip_headroom))
+        self._ip_routine = max(1, int(self.ip_budget * (1 - self.reserve)))
+        self._rate = self.routine_budget / self.window_s  # routine weight per second
+        self._capacity = max(1.0, self._rate * self.burst_s)  # how far routine may run ahead
 
     def _index(self, now: float) -> int:
         return int(now // self.window_s)

@@ -13,7 +13,12 @@ from quantum_trader.bus.protocol import Bus, Message
 from quantum_trader.config import Settings
 from quantum_trader.domain.enums import OrderStatus
 from quantum_trader.domain.models import Bar, OrderIntent
-from quantum_trader.domain.orders import TRANSITIONS, client_order_id_for
+from quantum_trader.domain.orders import (
+    TRANSITIONS,
+    IllegalTransition,
+    OverFill,
+    client_order_id_for,
+)
 from quantum_trader.domain.records import AuditEvent, Checkpoint
 from quantum_trader.exchange.ccxt_binance import BinanceSettings, CcxtBinanceExchange
 from quantum_trader.exchange.errors import OrderRefused
@@ -266,7 +271,15 @@ class LiveExecutionService(ExecutionService):
                     for report in fills:
                         if report.client_order_id in self.node.orders.by_client or \
                                 report.is_liquidation:
-                            self.node.apply_report(report)
+                            try:
+                                self.node.apply_report(report)
+                            except (OverFill, IllegalTransition) as exc:
+                                # One report our books cannot take must not stop the fill
+                                # poller (every later fill would be lost); reconciliation
+                                # reports the position difference it leaves.
+                                self.log.error("fill_not_applied", trade_id=report.trade_id,
+                                               client_order_id=report.client_order_id,
+                                               error=f"{type(exc).__name__}: {exc}")
                         self._from_id[sym] = max(self._from_id.get(sym, 0),
                                                  int(report.trade_id) + 1)
                     await self._flush(self.market_now)
