@@ -248,3 +248,26 @@ def test_quiet_bar_shortcut_fires_only_when_nothing_is_reached() -> None:
     x.cancel("sl", T0)
     assert x._quiet(bar(7, 100, 101, 98.5, 100), book, pos)
     assert not x._quiet(bar(8, 100, 101, 97.0, 100), book, pos)  # the liquidation price
+
+
+def test_quiet_bar_shortcut_changes_no_result_on_two_years_of_real_xrp(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same backtest (trailing stops on, trading through) with the shortcut and with every
+    bar matched the long way: equity curve and trades identical to the last bit."""
+    import numpy as np
+
+    from quantum_trader.config import Settings
+    from quantum_trader.marketdata.sample import load_sample
+    from quantum_trader.runtime.backtest import run_backtest
+
+    settings = Settings.model_validate({"risk": {"max_drawdown": 1.0, "daily_loss_limit": 1.0,
+                                                 "min_confidence": 0.5},
+                                        "exits": {"trailing_stop": 0.03}})
+    series = load_sample("XRP")
+    fast = run_backtest([series], settings)
+    monkeypatch.setattr(SimulatedExchange, "_quiet", lambda *_: False)
+    full = run_backtest([series], settings)
+    assert len(fast.trades) > 500  # a trade-heavy run: the shortcut was exercised
+    assert np.array_equal(fast.equity, full.equity)
+    assert fast.trades == full.trades
+    assert fast.orders == full.orders

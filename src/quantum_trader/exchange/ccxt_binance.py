@@ -109,7 +109,7 @@ class _Client(ccxt_async.binanceusdm):  # type: ignore[misc]
         EXCHANGE_RATE_LIMIT_USED.set(self.qt_limiter.used / self.qt_limiter.limit)
         self.qt_requests += 1
         try:
-            return await super().fetch(url, method, headers, body)
+            result = await super().fetch(url, method, headers, body)
         except ExchangeError:
             raise
         except ccxt.RequestTimeout as exc:
@@ -117,6 +117,14 @@ class _Client(ccxt_async.binanceusdm):  # type: ignore[misc]
         except ccxt.BaseError as exc:  # connection refused/reset, unreadable answer
             raise OutcomeUnknown(f"no answer: {method} {parts.path}: "
                                  f"{type(exc).__name__}") from exc
+        if parts.path.endswith("/exchangeInfo") and isinstance(result, dict):
+            # load_markets reads exchangeInfo anyway: budget for the request-weight limit the
+            # venue advertises there (accounts and venues differ), without asking twice.
+            for rl in result.get("rateLimits", []):
+                if rl.get("rateLimitType") == "REQUEST_WEIGHT" and rl.get("interval") == \
+                        "MINUTE" and int(rl.get("intervalNum", 1)) == 1 and int(rl["limit"]) > 0:
+                    self.qt_limiter.set_limit(int(rl["limit"]))
+        return result
 
     def handle_errors(self, code: int, reason: str, url: str, method: str, headers: Any,
                       body: str, response: Any, request_headers: Any,
@@ -223,21 +231,11 @@ class CcxtBinanceExchange:
                 min_qty=float(lot.get("minQty", 0.001)),
                 min_notional=float(filters.get("MIN_NOTIONAL", {}).get("notional", 5.0)))
             self._ccxt_symbol[m["id"]] = m["symbol"]
-        await self.adopt_rate_limit()
         await self.resync_time()
         for sym, lev in self.settings.leverage.items():
             await self.set_margin_mode(sym, self.settings.margin_mode)
             await self.set_leverage(sym, lev)
         await self.refresh_marks()
-
-    async def adopt_rate_limit(self) -> None:
-        """Budget for the request-weight limit the venue advertises (exchangeInfo
-        ``rateLimits``), not an assumed one: accounts and venues differ."""
-        info = await self._x.fapiPublicGetExchangeInfo()
-        for rl in info.get("rateLimits", []) if isinstance(info, dict) else []:
-            if rl.get("rateLimitType") == "REQUEST_WEIGHT" and str(rl.get("interval")) == \
-                    "MINUTE" and int(rl.get("intervalNum", 1)) == 1 and int(rl["limit"]) > 0:
-                self.limiter.set_limit(int(rl["limit"]))
 
     async def resync_time(self) -> None:
         """Measure the venue's clock offset (after a -1021) so signatures carry its time."""

@@ -234,7 +234,7 @@ def _checkpoint_row(c: Checkpoint) -> Row:
     }
 
 
-def _cause(exc: SQLAlchemyError) -> str:
+def _cause(exc: BaseException) -> str:
     """The driver's own message, without SQLAlchemy's echo of the SQL and every parameter."""
     orig = getattr(exc, "orig", None)
     return f"{type(orig).__name__}: {orig}" if orig is not None else str(exc)
@@ -445,6 +445,7 @@ class SqlTradeStore:
         self._create = create
         self._engine: AsyncEngine | None = None
         self._statements: dict[Table, Executable] = {}
+        self._record_decision: Executable | None = None
 
     def __repr__(self) -> str:
         return f"SqlTradeStore({redact(self._url)!r})"
@@ -465,6 +466,9 @@ class SqlTradeStore:
             await engine.dispose()
             raise
         self._statements = {s.table: _statement(engine.dialect.name, s) for s in _SINKS.values()}
+        # The decisions insert, saying whether it inserted (built once, not per decision).
+        self._record_decision = self._statements[t.risk_decisions].returning(  # type: ignore[attr-defined]
+            t.risk_decisions.c.id)
         self._engine = engine
 
     async def _prepare(self, engine: AsyncEngine) -> None:
@@ -528,10 +532,9 @@ class SqlTradeStore:
         try:
             await self._transaction(work)
         except (SQLAlchemyError, OSError) as exc:
-            cause = _cause(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
             # Writes are idempotent, so retrying the same batch is always safe.
             raise StoreError(
-                f"write of {len(events)} events failed and was rolled back: {cause}"
+                f"write of {len(events)} events failed and was rolled back: {_cause(exc)}"
             ) from exc
 
     async def record_decision(self, decision: RiskDecision) -> RiskDecision:
@@ -540,7 +543,9 @@ class SqlTradeStore:
         one round trip for the usual case of a new decision."""
         row = _decision_row(decision)
         table = t.risk_decisions
-        insert = self._statements[table].returning(table.c.id)  # type: ignore[attr-defined]
+        insert = self._record_decision
+        if insert is None:
+            raise StoreError(f"{self!r} is not open: call open() first")
 
         async def work(conn: AsyncConnection) -> list[Mapping[str, Any]]:
             if (await conn.execute(insert, row)).first() is not None:
@@ -551,8 +556,7 @@ class SqlTradeStore:
         try:
             prior = await self._transaction(work)
         except (SQLAlchemyError, OSError) as exc:
-            cause = _cause(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
-            raise StoreError(f"recording decision {decision.id} failed: {cause}") from exc
+            raise StoreError(f"recording decision {decision.id} failed: {_cause(exc)}") from exc
         return _decision(prior[0]) if prior else decision
 
     async def _all(self, stmt: Select[Any]) -> list[Mapping[str, Any]]:
