@@ -5,6 +5,12 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+
+#: A value this close to a multiple of the step is that multiple: float noise such as
+#: 15550.099999999999 for 15550.1 must not cost a whole step (Binance and ccxt truncate).
+_NOISE_STEPS = 1e-9  # absolute, in steps
+_NOISE_REL = 1e-14  # relative to the number of steps (a few dozen ulps)
 
 
 class FilterViolation(ValueError):
@@ -22,17 +28,27 @@ class Instrument:
     maintenance_margin_rate: float = 0.005
 
     def round_qty_down(self, qty: float) -> float:
-        """Largest multiple of the step size not above ``qty`` (sizing never rounds up)."""
-        steps = math.floor(qty / self.step_size + 1e-9)
-        return round(steps * self.step_size, _decimals(self.step_size))
+        """Largest multiple of the step size not above ``qty`` (sizing never rounds up),
+        as the float closest to that decimal multiple, for any step (0.001, 0.5, 0.25...)."""
+        return _to_grid(qty, self.step_size, ROUND_FLOOR)
 
     def round_price(self, price: float) -> float:
-        ticks = round(price / self.tick_size)
-        return round(ticks * self.tick_size, _decimals(self.tick_size))
+        """Nearest multiple of the tick size."""
+        return _to_grid(price, self.tick_size, ROUND_HALF_EVEN)
+
+    def round_price_toward(self, price: float, anchor: float) -> float:
+        """A multiple of the tick size between ``price`` and ``anchor``, as close to ``price``
+        as the grid allows: a stop or target rounded toward the entry never adds risk."""
+        mode = ROUND_CEILING if anchor > price else ROUND_FLOOR
+        return _to_grid(price, self.tick_size, mode)
 
     def on_step(self, qty: float) -> bool:
         steps = qty / self.step_size
         return abs(steps - round(steps)) < 1e-6
+
+    def on_tick(self, price: float) -> bool:
+        ticks = price / self.tick_size
+        return abs(ticks - round(ticks)) < 1e-6
 
     def check(self, qty: float, price: float) -> None:
         """Raise ``FilterViolation`` with the rule that fails, as Binance would."""
@@ -46,10 +62,37 @@ class Instrument:
                                   f"{self.min_notional}")
 
 
-def _decimals(step: float) -> int:
-    return max(0, -math.floor(math.log10(step) + 1e-12)) if step < 1 else 0
+@functools.lru_cache(maxsize=256)
+def _grid(step: float) -> tuple[int, float]:
+    """``step`` as ``m / 10**e`` with integer ``m``: repr is the shortest decimal that
+    round-trips, so 0.001 is 1/1000 and 0.25 is 25/100, not their binary values."""
+    d = Decimal(repr(step)).normalize()
+    sign, digits, exp = d.as_tuple()
+    assert isinstance(exp, int)
+    m = int("".join(map(str, digits)))
+    if exp >= 0:
+        return m * 10**exp, 1.0
+    return m, float(10 ** -exp)
 
 
+def _to_grid(value: float, step: float, mode: str) -> float:
+    """``value`` on the grid of ``step`` (rounded by ``mode``), as the double nearest to the
+    decimal multiple: ``n * m`` is an exact integer and ``10**e`` an exact power of ten, and
+    IEEE division is correctly rounded, so the result prints as the venue expects."""
+    if not math.isfinite(value) or step <= 0:
+        return value
+    m, scale = _grid(step)
+    steps = value * scale / m
+    nearest = round(steps)
+    if abs(steps - nearest) <= _NOISE_STEPS + _NOISE_REL * abs(nearest):
+        n = nearest
+    elif mode == ROUND_FLOOR:
+        n = math.floor(steps)
+    elif mode == ROUND_CEILING:
+        n = math.ceil(steps)
+    else:
+        n = nearest
+    return (n * m) / scale
 #: Defaults close to Binance USDⓈ-M filters for the symbols we ship data for.
 DEFAULT_INSTRUMENTS: dict[str, Instrument] = {
     "BTCUSDT": Instrument("BTCUSDT", tick_size=0.1, step_size=0.001, min_qty=0.001,

@@ -137,6 +137,7 @@ class FundingPayment:
     mark_price: float
     position_qty: float
     amount: float  # what the account paid (positive) or received (negative)
+    id: str = ""  # the venue's id of the payment (Binance: the income tranId): booked once
 
 
 @dataclass(slots=True, frozen=True)

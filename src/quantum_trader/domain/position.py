@@ -77,13 +77,15 @@ class Position:
         self.funding += amount
 
     def liquidation_price(self, maintenance_margin_rate: float) -> float:
-        """Isolated-margin liquidation price for the current leverage (0 when flat).
+        """Binance's isolated-margin liquidation price at the current leverage (0 when flat),
+        for a position whose isolated wallet is its initial margin ``|qty| * entry / lev``:
 
-        Long: entry * (1 - 1/lev + mmr); short: entry * (1 + 1/lev - mmr).
+        long: entry * (1 - 1/lev) / (1 - mmr); short: entry * (1 + 1/lev) / (1 + mmr)
+        (the price at which margin + unrealized PnL equals the maintenance margin).
         """
         if not self.is_open:
             return 0.0
         inv = 1.0 / self.leverage
         if self.qty > 0:
-            return self.avg_entry * (1.0 - inv + maintenance_margin_rate)
-        return self.avg_entry * (1.0 + inv - maintenance_margin_rate)
+            return self.avg_entry * (1.0 - inv) / (1.0 - maintenance_margin_rate)
+        return self.avg_entry * (1.0 + inv) / (1.0 + maintenance_margin_rate)

@@ -98,3 +98,27 @@ class AccountSnapshot:
     positions: tuple[PositionSnapshot, ...]
     trace_id: str = ""
     stop_outs: dict[str, int] = field(default_factory=dict)  # symbol -> last stop-out time
+
+
+@dataclass(slots=True, frozen=True)
+class Cursor:
+    """How far a reader has got through a venue's stream of records (e.g. ``trades:XRPUSDT``
+    -> the last trade id booked). Written in the same transaction as what it read, so a
+    restart resumes exactly after the last record whose effects are committed."""
+
+    name: str
+    value: str
+    ts: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class OutboundMessage:
+    """A bus message caused by a store commit, written in that commit (the outbox) and
+    published from there until the bus has it: nothing committed is ever left unsaid."""
+
+    topic: str
+    id: str  # the message id: consumers are idempotent on it, so a re-publish is harmless
+    type: str
+    payload: dict[str, Any]
+    ts: int
+    trace_id: str = ""

@@ -1,75 +1,59 @@
-"""What every exchange (simulated, ccxt) reports back, and the ``Exchange`` port."""
+"""The async venue port that execution talks to, and the value types it speaks (which live in
+``domain/venue.py``: the domain and every adapter share them).
+
+Two drivers carry the execution engine's orders to a venue: the backtest node calls the
+simulated exchange directly (synchronous, in bar time), and the execution service goes through
+this port (``CcxtBinanceExchange`` for Binance and our Binance-compatible simulator server,
+``SimulatedVenue`` for the in-process simulated exchange).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
-from quantum_trader.domain.enums import Liquidity, OrderStatus, OrderType, Side
 from quantum_trader.domain.models import FundingPayment
+from quantum_trader.domain.venue import (
+    OrderRequest,
+    OrderUpdate,
+    VenueAccount,
+    VenuePosition,
+    VenueTrade,
+)
+
+#: Earlier name of ``VenuePosition``.
+ExchangePosition = VenuePosition
 
 
-@dataclass(slots=True, frozen=True)
-class OrderRequest:
-    client_order_id: str
-    symbol: str
-    side: Side
-    order_type: OrderType
-    quantity: float
-    reduce_only: bool = False
-    price: float | None = None
-    stop_price: float | None = None
+class Venue(Protocol):
+    """What the execution service needs from a venue."""
+
+    async def submit(self, request: OrderRequest) -> OrderUpdate:
+        """Place an order; the answer is its first state (ACCEPTED, FILLED, ... or REJECTED
+        with the venue's code). Raises the typed errors of ``exchange.errors``."""
+
+    async def cancel(self, symbol: str, client_order_id: str) -> OrderUpdate: ...
+
+    async def query(self, symbol: str, client_order_id: str) -> OrderUpdate | None:
+        """The order's current state, or None if the venue does not know it."""
+
+    async def open_orders(self, symbol: str | None = None) -> list[OrderUpdate]: ...
+
+    async def trades(self, symbol: str, from_id: int | None = None) -> list[VenueTrade]:
+        """Our trades in ``symbol`` from trade id ``from_id`` on, oldest first (all of them
+        the venue keeps when None)."""
+
+    async def latest_trade_id(self, symbol: str) -> int | None:
+        """The id of our newest trade in ``symbol`` (None: no trade yet): a first start books
+        from there on, not the account's whole history."""
+
+    async def funding(self, since_ts: int) -> list[FundingPayment]:
+        """Funding paid or received since ``since_ts`` (inclusive), each with its venue id."""
+
+    async def account(self) -> VenueAccount:
+        """Wallet balance and positions, as the venue holds them."""
+
+    async def resync_time(self) -> None: ...
 
 
-@dataclass(slots=True, frozen=True)
-class ExecutionReport:
-    """One change of an order on the exchange: acceptance, a fill, a cancel or a rejection."""
-
-    client_order_id: str
-    exchange_order_id: str
-    symbol: str
-    status: OrderStatus
-    ts: int
-    side: Side
-    fill_qty: float = 0.0
-    fill_price: float = 0.0
-    fee: float = 0.0
-    liquidity: Liquidity | None = None
-    trade_id: str = ""
-    reason: str = ""
-    is_liquidation: bool = False
-    # Snapshots (a venue's answer to submit/query/open orders) carry the order's cumulative
-    # fill here and leave ``fill_qty`` at 0: individual fills come with trade ids, separately.
-    cum_qty: float = 0.0
-    avg_price: float = 0.0
-
-
-@dataclass(slots=True, frozen=True)
-class ExchangePosition:
-    symbol: str
-    qty: float
-    avg_entry: float
-    leverage: float
-    liquidation_price: float
-
-
-class Exchange(Protocol):
-    """The async port the execution service talks to (ccxt for real venues)."""
-
-    async def submit(self, request: OrderRequest) -> ExecutionReport: ...
-
-    async def cancel(self, symbol: str, client_order_id: str) -> ExecutionReport: ...
-
-    async def query(self, symbol: str, client_order_id: str) -> ExecutionReport | None:
-        """The order's current state, or None if the exchange does not know it."""
-
-    async def open_orders(self, symbol: str | None = None) -> list[ExecutionReport]: ...
-
-    async def positions(self) -> list[ExchangePosition]: ...
-
-    async def set_leverage(self, symbol: str, leverage: float) -> None: ...
-
-    async def balance(self) -> float: ...
-
-
-__all__ = ["Exchange", "ExchangePosition", "ExecutionReport", "FundingPayment", "OrderRequest"]
+__all__ = ["ExchangePosition", "FundingPayment", "OrderRequest", "OrderUpdate", "Venue",
+           "VenueAccount", "VenuePosition", "VenueTrade"]

@@ -83,8 +83,8 @@ def _result(node: TradingNode, series: Sequence[BarSeries], eq_ts: np.ndarray, e
     pf = node.portfolio
     report = compute_report(eq_ts, eq, node.trades, pf.fees_paid, pf.funding_paid, exposure,
                             series[0].timeframe)
-    orders = len(node.orders.by_client)
-    fills = sum(1 for o in node.orders.by_client.values() if o.filled_qty > 0)
+    orders = len(node.engine.orders)
+    fills = sum(1 for o in node.engine.orders.values() if o.filled_qty > 0)
     return BacktestResult(node.source.name, [s.symbol for s in series], series[0].timeframe,
                           len(eq), elapsed, report, list(node.trades), eq_ts, eq, orders, fills,
                           node.signals_seen, dict(node.rejections))

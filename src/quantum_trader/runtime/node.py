@@ -1,80 +1,41 @@
 """``TradingNode``: the whole trading cycle for one process, one bar at a time.
 
-bar → exchange matches working orders → fills update our books → exit brain guards positions
-→ signal source → risk gate → orders to the exchange. The same node runs backtests (journal
-off, simulated clock) and embedded paper trading (journal to the SQL store).
+bar → the simulated exchange matches working orders → the execution engine books what it
+reports → the exit brain guards positions → signal source → risk gate → orders to the exchange.
+The same node runs backtests (journal off, simulated clock) and embedded paper trading
+(journal to the SQL store). Its execution is ``ExecutionEngine`` (``domain/execution.py``), the
+one the execution service runs in distributed mode; this node is its synchronous driver over the
+simulated exchange.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
-from quantum_trader.domain.enums import IntentPurpose, OrderStatus, Side, TradingState
+from quantum_trader.domain.enums import IntentPurpose, OrderStatus, OrderType, TradingState
+from quantum_trader.domain.execution import (
+    EXIT_REASONS,
+    PROTECTIVE_TAGS,
+    STOP_OUTS,
+    Booking,
+    ExecutionEngine,
+    Journal,
+    ListJournal,
+    NullJournal,
+)
 from quantum_trader.domain.exits import ExitActions, ExitBrain
-from quantum_trader.domain.models import Bar, Fill, OrderIntent, RiskDecision, Signal
+from quantum_trader.domain.models import Bar, OrderIntent, RiskDecision, Signal
 from quantum_trader.domain.orders import Order, client_order_id_for
 from quantum_trader.domain.portfolio import Portfolio
 from quantum_trader.domain.position import Position
 from quantum_trader.domain.records import AuditEvent, ClosedTrade, PositionSnapshot
 from quantum_trader.domain.risk.engine import RiskEngine
 from quantum_trader.domain.strategy import SignalSource
-from quantum_trader.domain.tracking import OrderTracker
-from quantum_trader.exchange.protocol import ExecutionReport
+from quantum_trader.domain.venue import WOULD_TRIGGER_IMMEDIATELY, OrderUpdate, VenueTrade
 from quantum_trader.exchange.simulated import OrderRejected, SimulatedExchange
-from quantum_trader.store.protocol import StoreEvent
 
-EXIT_REASONS = {"sl": "stop_loss", "tp": "take_profit", "trail": "trailing_stop",
-                "time": "time_exit", "signal": "signal_exit", "liq": "liquidation",
-                "external": "external"}
-STOP_OUTS = frozenset({"stop_loss", "liquidation"})
-
-
-class Journal(Protocol):
-    def record(self, event: StoreEvent) -> None: ...
-
-
-class NullJournal:
-    """Backtests keep nothing but what the result needs."""
-
-    def record(self, event: StoreEvent) -> None:
-        return None
-
-
-class ListJournal:
-    def __init__(self) -> None:
-        self.events: list[StoreEvent] = []
-
-    def record(self, event: StoreEvent) -> None:
-        self.events.append(event)
-
-    def drain(self) -> list[StoreEvent]:
-        out, self.events = self.events, []
-        return out
-
-
-class _OpenTrade:
-    __slots__ = (
-        "entry_price",
-        "entry_side",
-        "fees0",
-        "funding0",
-        "max_qty",
-        "opened_ts",
-        "realized0",
-        "trace_id",
-    )
-
-    def __init__(self, pos: Position, side: Side, trace_id: str, fee: float) -> None:
-        self.entry_side = side
-        self.max_qty = abs(pos.qty)
-        self.opened_ts = pos.opened_ts
-        self.realized0 = pos.realized_pnl
-        self.fees0 = pos.fees - fee  # the opening fill's fee belongs to this trade
-        self.funding0 = pos.funding
-        self.trace_id = trace_id
-        self.entry_price = pos.avg_entry
+__all__ = ["EXIT_REASONS", "STOP_OUTS", "Journal", "ListJournal", "NullJournal", "TradingNode"]
 
 
 class TradingNode:
@@ -88,33 +49,38 @@ class TradingNode:
         self.exchange = exchange
         self.portfolio = portfolio
         self.journal: Journal = journal or NullJournal()
-        self.orders = OrderTracker()
-        self.trades: list[ClosedTrade] = []
-        self._entries: dict[str, OrderIntent] = {}  # client id -> entry intent (for stops)
-        self._open_trades: dict[str, _OpenTrade] = {}
+        self.engine = ExecutionEngine(portfolio, self.journal, risk.limits.order_leverage)
         self._funding_seen = 0
         self.bars_seen = 0
         self.signals_seen = 0
         self.rejections: dict[str, int] = {}
         self.on_order_accepted: Callable[[Order], None] | None = None
         self._deferred: list[tuple[ExitActions, int]] | None = None
+        self._held: list[Order] = []  # entries waiting for the exit of the opposite position
         self._halt_at = risk.limits.max_drawdown
+        self._protect = exits.settings.stop_loss
         risk.sync(portfolio)
+
+    @property
+    def trades(self) -> list[ClosedTrade]:
+        return self.engine.trades
 
     # --- the cycle ------------------------------------------------------------------------------
     def on_bar(self, bar: Bar) -> Signal | None:
         self.bars_seen += 1
         sym = bar.symbol
-        reports = self.exchange.on_bar(bar)
-        if reports:
+        events = self.exchange.on_bar(bar)
+        if events:
             # Apply everything the exchange did in this bar before reacting to any of it, so a
             # reaction (say, replacing a stop) never races a report still in the list.
             self._deferred = []
-            for report in reports:
-                self.apply_report(report)
+            for event in events:
+                self.apply(event)
             deferred, self._deferred = self._deferred, None
             for deferred_acts, ts in deferred:
                 self._act(deferred_acts, ts)
+            if self._held:
+                self._release_held(bar.close_ts)
         if len(self.exchange.funding_payments) != self._funding_seen:
             self._apply_funding()
         pf = self.portfolio
@@ -149,10 +115,14 @@ class TradingNode:
             self._act(acts, now)
         if signal.direction.sign == 0:
             return None
+        ctx = self.risk.ctx
+        if self._protect:
+            ctx.unprotected = frozenset(self.engine.unprotected())
+        ctx.pending = self.engine.pending_entries(ctx.last_prices)
         decision = self.risk.evaluate_signal(signal, now)
         self.journal.record(decision)
         if decision.approved and decision.intent is not None:
-            self._entries[client_order_id_for(decision.intent.id)] = decision.intent
+            self.engine.remember_entry(decision.intent)
             self._place(decision.intent, now)
         else:
             self.rejections[decision.reason] = self.rejections.get(decision.reason, 0) + 1
@@ -179,96 +149,117 @@ class TradingNode:
                 self.rejections[decision.reason] = self.rejections.get(decision.reason, 0) + 1
 
     def place(self, intent: OrderIntent, now: int) -> Order:
-        """Place an intent approved elsewhere (the execution service's entry point)."""
-        self.remember_entry(intent)
+        """Place an intent approved elsewhere."""
+        self.engine.remember_entry(intent)
         return self._place(intent, now)
 
     def remember_entry(self, intent: OrderIntent) -> None:
-        """Keep an entry's intent: its stop and target travel with the fill to the exit brain."""
-        if intent.purpose is IntentPurpose.ENTRY:
-            self._entries[client_order_id_for(intent.id)] = intent
+        self.engine.remember_entry(intent)
 
     def entry_for(self, client_order_id: str) -> OrderIntent | None:
-        return self._entries.get(client_order_id)
+        return self.engine.entry_for(client_order_id)
 
     def _place(self, intent: OrderIntent, now: int) -> Order:
-        order = self.orders.create(intent, now)
+        engine = self.engine
+        order = engine.create(intent, now)
         if order.status is not OrderStatus.NEW:
             return order  # already placed: a retry or replay never places it twice
-        self.journal.record(order)  # persisted before it is sent
+        if engine.hold_reason(order) is not None:
+            self.journal.record(order)
+            self._held.append(order)
+            return order
+        self._send(order, now)
+        return order
+
+    def _send(self, order: Order, now: int) -> None:
+        engine = self.engine
+        engine.sent(order, now, now)  # persisted before it is sent
         try:
-            report = self.exchange.submit(OrderTracker.request_for(order), now)
-        except OrderRejected as exc:  # duplicate id: the exchange already has it
+            update = self.exchange.submit(engine.request_for(order), now)
+        except OrderRejected:  # duplicate id: the exchange already has it working
             found = self.exchange.query(order.client_order_id)
             if found is None:
                 raise
-            report = found
-            del exc
-        self.apply_report(report)
-        if report.status is OrderStatus.ACCEPTED and self.on_order_accepted is not None:
+            update = found
+        self.apply(update)
+        if update.status is OrderStatus.ACCEPTED and self.on_order_accepted is not None:
             self.on_order_accepted(order)
-        return order
+
+    def _release_held(self, now: int) -> None:
+        still: list[Order] = []
+        for order in self._held:
+            if order.status is not OrderStatus.NEW:
+                continue
+            if order.expired(now):
+                self.engine.refuse(order, now, "expired waiting for the opposite exit",
+                                   OrderStatus.EXPIRED)
+            elif self.engine.hold_reason(order) is None:
+                self._send(order, now)
+            else:
+                still.append(order)
+        self._held = still
 
     def cancel(self, client_order_id: str, now: int, reason: str) -> None:
-        order = self.orders.open.get(client_order_id)
-        if order is None:
+        order = self.engine.order(client_order_id)
+        if order is None or not order.status.is_open:
+            return
+        if order.status is OrderStatus.NEW:  # held, never sent
+            self.engine.refuse(order, now, reason, OrderStatus.CANCELED)
             return
         try:
-            report = self.exchange.cancel(client_order_id, now, reason)
+            update = self.exchange.cancel(client_order_id, now, reason)
         except OrderRejected:
             return  # already done on the exchange; its report has been applied
-        self.apply_report(report)
+        self.apply(update)
 
-    def apply_report(self, report: ExecutionReport) -> None:
-        """Move our books as an exchange report says (fills update positions and trades)."""
-        order, fill = self.orders.apply(report)
-        self.journal.record(order)
-        if fill is not None:
-            self._on_fill(order, fill)
+    def apply(self, event: OrderUpdate | VenueTrade) -> None:
+        """Move our books as the exchange says (trades update positions and round trips)."""
+        if isinstance(event, VenueTrade):
+            booking = self.engine.on_trade(event)
+            if booking is not None:
+                self._on_booked(booking)
+            return
+        order = self.engine.on_update(event)
+        if event.status is OrderStatus.REJECTED and event.code == WOULD_TRIGGER_IMMEDIATELY \
+                and order.tag in PROTECTIVE_TAGS:
+            self._protective_close(order, event.ts)
 
-    def _on_fill(self, order: Order, fill: Fill) -> None:
-        pf = self.portfolio
-        pos = pf.position(fill.symbol)
-        was_open = pos.is_open
-        before_sign = pos.side_sign
-        realized = pf.apply_fill(fill, self.risk.limits.order_leverage)
-        fill = replace(fill, realized_pnl=realized)
-        self.journal.record(fill)
-        self.risk.sync(pf)
-        sym = fill.symbol
-        if pos.is_open and (not was_open or pos.side_sign != before_sign):
-            self._open_trades[sym] = _OpenTrade(pos, fill.side, order.trace_id, fill.fee)
-        trade = self._open_trades.get(sym)
-        if trade is not None and pos.is_open:
-            trade.max_qty = max(trade.max_qty, abs(pos.qty))
+    def apply_report(self, event: OrderUpdate | VenueTrade) -> None:
+        self.apply(event)
+
+    def _protective_close(self, stop: Order, ts: int) -> None:
+        """A stop refused because the price is already through it: the position it was to
+        protect is closed at market now (the exit the stop would have made)."""
+        pos = self.portfolio.positions.get(stop.symbol)
+        if pos is None or not pos.is_open or (pos.qty > 0) == (stop.side.value == "BUY"):
+            return
+        if self.engine.closing(stop.symbol):
+            return  # a market exit is on its way already
+        intent = OrderIntent(
+            id=f"{stop.intent_id}:close", symbol=stop.symbol, side=stop.side,
+            quantity=abs(pos.qty), order_type=OrderType.MARKET, purpose=IntentPurpose.EXIT,
+            ts=ts, expires_at=ts + self.exits.settings.intent_ttl_ms, trace_id=stop.trace_id,
+            reduce_only=True, reason="stop_loss", reference_price=stop.stop_price or 0.0,
+            tag=stop.tag)
+        self._act(ExitActions(intents=[intent]), ts)
+
+    def _on_booked(self, b: Booking) -> None:
+        pos = b.position
+        self.risk.sync(self.portfolio)
+        order, fill = b.order, b.fill
         if order.purpose is IntentPurpose.ENTRY and pos.is_open:
-            entry = self._entries.get(order.client_order_id)
+            entry = self.engine.entry_for(order.client_order_id)
             self._act(self.exits.on_entry_fill(entry, pos, fill.ts, order.trace_id), fill.ts)
-        if was_open and not pos.is_open:
-            self._close_trade(sym, pos, order, fill)
+        if b.was_open and not pos.is_open:
+            if b.exit_reason in STOP_OUTS:
+                self.risk.record_stop_out(fill.symbol, fill.ts)
+            self._act(self.exits.on_position_closed(fill.symbol), fill.ts)
         self.journal.record(self.snapshot(pos, fill.ts, order.trace_id))
-
-    def _close_trade(self, sym: str, pos: Position, order: Order, fill: Fill) -> None:
-        trade = self._open_trades.pop(sym, None)
-        reason = EXIT_REASONS.get(order.tag, order.reason or "exit")
-        if trade is not None:
-            closed = ClosedTrade(
-                id=f"{trade.trace_id}:{fill.ts}", symbol=sym, side=trade.entry_side,
-                quantity=trade.max_qty, entry_price=trade.entry_price, exit_price=fill.price,
-                opened_ts=trade.opened_ts, closed_ts=fill.ts,
-                realized_pnl=pos.realized_pnl - trade.realized0, fees=pos.fees - trade.fees0,
-                funding=pos.funding - trade.funding0, exit_reason=reason,
-                trace_id=trade.trace_id)
-            self.trades.append(closed)
-            self.journal.record(closed)
-        if reason in STOP_OUTS:
-            self.risk.record_stop_out(sym, fill.ts)
-        self._act(self.exits.on_position_closed(sym), fill.ts)
 
     def _apply_funding(self) -> None:
         payments = self.exchange.funding_payments
         for p in payments[self._funding_seen:]:
-            self.portfolio.apply_funding(p)
+            self.engine.on_funding(p)
         self._funding_seen = len(payments)
 
     def snapshot(self, pos: Position, ts: int, trace_id: str) -> PositionSnapshot:
@@ -279,17 +270,10 @@ class TradingNode:
 
     # --- restart ---------------------------------------------------------------------------
     def open_trades_state(self) -> dict[str, dict[str, object]]:
-        """What a restart needs to finish the round trips that are open now."""
-        return {sym: {k: getattr(t, k) for k in _OpenTrade.__slots__}
-                | {"entry_side": t.entry_side.value} for sym, t in self._open_trades.items()}
+        return self.engine.open_trades_state()
 
     def restore_open_trades(self, state: dict[str, dict[str, Any]]) -> None:
-        for sym, values in state.items():
-            t = _OpenTrade.__new__(_OpenTrade)
-            for k in _OpenTrade.__slots__:
-                setattr(t, k, values[k])
-            t.entry_side = Side(values["entry_side"])
-            self._open_trades[sym] = t
+        self.engine.restore_open_trades(state)
 
     # --- operator -------------------------------------------------------------------------------
     def set_trading_state(self, state: TradingState, reason: str, ts: int) -> None:
@@ -297,10 +281,9 @@ class TradingNode:
         if audit is not None:
             self.journal.record(audit)
         if state is TradingState.HALTED:
-            for order in list(self.orders.open.values()):
+            for order in self.engine.working_orders():
                 if not order.reduce_only:
                     self.cancel(order.client_order_id, ts, "trading halted")
 
     def audit(self, kind: str, ts: int, **detail: object) -> None:
         self.journal.record(AuditEvent(kind, ts, dict(detail)))
-

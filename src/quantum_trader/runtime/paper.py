@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from quantum_trader.bus.memory import InMemoryBus
 from quantum_trader.bus.protocol import Message
@@ -81,15 +81,21 @@ async def restore_node(node: TradingNode, store: TradeStore, series: Sequence[Ba
     node.restore_open_trades(cp.extra.get("open_trades", {}))
     # Working orders live on the exchange; the simulated one lost them with the process.
     open_orders = await store.open_orders()
-    node.orders.restore(open_orders)
+    node.engine.adopt(open_orders)
     for order in open_orders:
-        if order.status in (OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED,
-                            OrderStatus.SUBMITTED, OrderStatus.NEW):
-            remaining = order.remaining
-            if remaining <= 0:
-                continue
-            req = node.orders.request_for(order)
-            node.exchange.submit(replace(req, quantity=remaining), cp.ts)
+        if not order.status.is_open or order.remaining <= 0:
+            continue
+        if order.status is OrderStatus.NEW and order.expired(cp.ts):
+            node.engine.refuse(order, cp.ts, "expired before it was sent", OrderStatus.EXPIRED)
+            continue
+        update = node.exchange.submit(node.engine.request_for(order), cp.ts)
+        if update.status is OrderStatus.REJECTED:
+            node.engine.refuse(order, cp.ts, f"could not be restored: {update.reason}",
+                               OrderStatus.CANCELED)
+            node.apply(update)
+        elif order.status is OrderStatus.NEW:
+            node.engine.sent(order, cp.ts, cp.ts)
+            node.apply(update)
     for snap in snapshots:
         node.exits.restore_from(snap, open_orders,
             len(await store.orders(trace_id=snap.trace_id)))

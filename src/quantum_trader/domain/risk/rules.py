@@ -40,6 +40,8 @@ class RejectReason(StrEnum):
     INVALID_REQUEST = "INVALID_REQUEST"
     ACCOUNT_STALE = "ACCOUNT_STALE"  # the gate cannot see a current account: fail closed
     STALE_MARKET_DATA = "STALE_MARKET_DATA"  # the feed stopped: no new entries
+    UNPROTECTED_POSITION = "UNPROTECTED_POSITION"  # a position has no working stop
+    ENTRY_PENDING = "ENTRY_PENDING"  # an approved entry for the symbol has not finished yet
 
 
 @dataclass(slots=True, frozen=True)
@@ -77,16 +79,24 @@ class RiskContext:
     last_prices: dict[str, float] = field(default_factory=dict)
     recent_orders: deque[int] = field(default_factory=deque)
     stop_outs: dict[str, int] = field(default_factory=dict)
+    # Positions with no working protective stop on the venue: no new entry anywhere until
+    # each is protected again (or closed).
+    unprotected: frozenset[str] = frozenset()
+    # Entries approved but not filled yet (in flight, working, or not yet seen by execution):
+    # symbol -> signed notional (buy > 0). They count against the limits as if they had filled.
+    pending: dict[str, float] = field(default_factory=dict)
 
     def gross_exposure(self) -> float:
-        return sum(abs(p.qty) * self.last_prices.get(s, p.last_price)
+        held = sum(abs(p.qty) * self.last_prices.get(s, p.last_price)
                    for s, p in self.positions.items() if p.is_open)
+        return held + sum(abs(v) for v in self.pending.values()) if self.pending else held
 
     def position_notional(self, symbol: str) -> float:
         p = self.positions.get(symbol)
+        pending = abs(self.pending.get(symbol, 0.0)) if self.pending else 0.0
         if p is None or not p.is_open:
-            return 0.0
-        return abs(p.qty) * self.last_prices.get(symbol, p.last_price)
+            return pending
+        return abs(p.qty) * self.last_prices.get(symbol, p.last_price) + pending
 
 
 class RiskRule:
@@ -103,6 +113,32 @@ class RiskRule:
 
     def headroom(self, req: RiskRequest, ctx: RiskContext) -> float | None:
         """Largest notional this rule allows for the request, or None for no cap."""
+        return None
+
+
+class ProtectionRule(RiskRule):
+    """No new exposure while a position is unprotected: fix that first."""
+
+    reason = RejectReason.UNPROTECTED_POSITION
+
+    def check(self, req: RiskRequest, ctx: RiskContext) -> Rejection | None:
+        if ctx.unprotected:
+            names = ", ".join(sorted(ctx.unprotected))
+            return Rejection(self.reason, f"position without a working stop: {names}; "
+                                          "entries refused until it is protected or closed")
+        return None
+
+
+class PendingEntryRule(RiskRule):
+    """One entry per symbol and side at a time: a second one waits until the first filled."""
+
+    reason = RejectReason.ENTRY_PENDING
+
+    def check(self, req: RiskRequest, ctx: RiskContext) -> Rejection | None:
+        pending = ctx.pending.get(req.symbol, 0.0) if ctx.pending else 0.0
+        if pending * req.side.sign > 0:
+            return Rejection(self.reason, f"an approved {req.side} entry for {req.symbol} "
+                                          f"({abs(pending):.2f} notional) has not filled yet")
         return None
 
 
@@ -167,6 +203,10 @@ class MaxOpenPositionsRule(RiskRule):
         if held is not None and held.is_open:
             return None  # adding to an existing position opens nothing new
         n_open = sum(1 for p in ctx.positions.values() if p.is_open)
+        for sym in ctx.pending:  # an entry on its way opens a position too
+            pos = ctx.positions.get(sym)
+            if pos is None or not pos.is_open:
+                n_open += 1
         if n_open >= self.limits.max_open_positions:
             return Rejection(self.reason, f"{n_open} positions open, limit "
                                           f"{self.limits.max_open_positions}")
@@ -243,6 +283,6 @@ class PriceSanityRule(RiskRule):
 
 ENTRY_RULES: tuple[type[RiskRule], ...] = (
     TradingStateRule, ExpiryRule, MinConfidenceRule, MaxDrawdownRule, DailyLossRule,
-    CooldownRule, OrderRateRule, MaxOpenPositionsRule, PriceSanityRule,
-    MaxPositionNotionalRule, MaxGrossExposureRule, MaxLeverageRule,
+    ProtectionRule, PendingEntryRule, CooldownRule, OrderRateRule, MaxOpenPositionsRule,
+    PriceSanityRule, MaxPositionNotionalRule, MaxGrossExposureRule, MaxLeverageRule,
 )
