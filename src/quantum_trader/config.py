@@ -94,6 +94,11 @@ class ExchangeSection(_Section):
     poll_s: float = Field(1.0, gt=0)  # klines and fills polling
     stale_after_s: float = Field(90.0, gt=0)  # no new closed bar for this long: data stale
     reconcile_s: float = Field(30.0, gt=0)  # compare our orders/positions with the venue
+    # A position without a working stop on the venue for this long gets one from execution.
+    protection_grace_s: float = Field(5.0, gt=0)
+    # Our wallet is moved to the venue's when they differ by more than this (USDT).
+    wallet_tolerance: float = Field(0.01, ge=0)
+    recv_window_ms: int = Field(5_000, ge=1_000, le=60_000)
     # Binance limits request weight per IP, and every service that talks to the venue runs
     # from the same host: each gets a share, so together they never exceed the limit (even
     # when some requests go unanswered and their counts cannot be read from the venue).
@@ -190,6 +195,9 @@ class ServicesSection(_Section):
     # execution), so a replay stays deterministic; live trading must not wait on a dead peer.
     view_wait_s: float = Field(2.0, gt=0)
     lockstep_view_wait_s: float = Field(60.0, gt=0)
+    # A service whose store writes keep failing this long exits and recovers from the store
+    # (crash-only) rather than run on with books ahead of it.
+    store_retry_s: float = Field(30.0, gt=0)
 
     @field_validator("ports")
     @classmethod

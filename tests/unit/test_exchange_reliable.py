@@ -1,12 +1,19 @@
-"""ReliablePlacer's rules against a scripted fake venue (no network)."""
+"""ReliablePlacer's rules against a scripted venue (no network; the same rules run against the
+Binance-compatible simulator through real ccxt in tests/integration/test_exchange_faults.py).
+
+The scripted venue behaves as Binance does where it matters here: a client order id is unique
+among *open* orders only, so a second send of an id whose order already filled is a second
+order."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from quantum_trader.domain.enums import OrderStatus, OrderType, Side, TradingState
+from quantum_trader.domain.venue import OrderRequest, OrderUpdate
 from quantum_trader.exchange.errors import (
     ClockSkew,
     DuplicateOrder,
@@ -15,149 +22,170 @@ from quantum_trader.exchange.errors import (
     OutcomeUnknown,
     RateLimited,
 )
-from quantum_trader.exchange.protocol import ExchangePosition, ExecutionReport, OrderRequest
-from quantum_trader.exchange.reliable import (
-    CircuitBreaker,
-    OpenOrderRef,
-    PlacementUnknown,
-    Reconciler,
-    ReconcileResult,
-    ReliablePlacer,
-)
+from quantum_trader.exchange.reliable import CircuitBreaker, PlacementUnknown, ReliablePlacer
 
 REQ = OrderRequest("qt1", "XRPUSDT", Side.BUY, OrderType.MARKET, 100.0)
+RECV_MS = 150
 
 
-def accepted(cid: str = "qt1") -> ExecutionReport:
-    return ExecutionReport(cid, "1", "XRPUSDT", OrderStatus.ACCEPTED, 0, Side.BUY)
+def state(cid: str, status: OrderStatus = OrderStatus.ACCEPTED) -> OrderUpdate:
+    return OrderUpdate(cid, f"v-{cid}", "XRPUSDT", Side.BUY, status, 0, quantity=100.0)
 
 
-class FakeVenue:
-    """``submit_script``: per attempt, an exception to raise (the order may still land)."""
+class ScriptedVenue:
+    """``script``: per submit attempt, (exception to raise, lands, lands_after_s). An order that
+    lands with a delay appears on the venue that much later (a request still in flight)."""
 
-    def __init__(self, submit_script: list[tuple[Exception | None, bool]],
+    def __init__(self, script: list[tuple[Exception | None, bool, float]],
                  query_errors: int = 0) -> None:
-        self.script = submit_script
-        self.book: dict[str, ExecutionReport] = {}
+        self.script = script
+        self.orders: list[OrderUpdate] = []  # every order ever accepted, oldest first
         self.submits = 0
         self.queries = 0
         self.query_errors = query_errors
         self.resyncs = 0
 
-    async def submit(self, request: OrderRequest) -> ExecutionReport:
+    def _open(self, cid: str) -> bool:
+        return any(o.client_order_id == cid and o.status.is_open for o in self.orders)
+
+    def _land(self, cid: str) -> OrderUpdate:
+        update = state(cid)
+        self.orders.append(update)
+        return update
+
+    async def submit(self, request: OrderRequest) -> OrderUpdate:
         self.submits += 1
-        exc, lands = self.script.pop(0) if self.script else (None, True)
+        exc, lands, delay = self.script.pop(0) if self.script else (None, True, 0.0)
         if lands:
-            if request.client_order_id in self.book:
-                raise DuplicateOrder("dup", -4116)
-            self.book[request.client_order_id] = accepted(request.client_order_id)
+            if self._open(request.client_order_id):
+                raise DuplicateOrder("ClientOrderId is duplicated.", -4116)
+            if delay:
+                asyncio.get_running_loop().call_later(delay, self._land,
+                                                      request.client_order_id)
+            else:
+                self._land(request.client_order_id)
         if exc is not None:
             raise exc
-        return self.book[request.client_order_id]
+        return next(o for o in reversed(self.orders)
+                    if o.client_order_id == request.client_order_id)
 
-    async def query(self, symbol: str, client_order_id: str) -> ExecutionReport | None:
+    async def query(self, symbol: str, client_order_id: str) -> OrderUpdate | None:
         self.queries += 1
         if self.query_errors:
             self.query_errors -= 1
             raise OutcomeUnknown("query timeout")
-        return self.book.get(client_order_id)
-
-    async def cancel(self, symbol: str, client_order_id: str) -> ExecutionReport:
-        raise NotImplementedError
-
-    async def open_orders(self, symbol: str | None = None) -> list[ExecutionReport]:
-        return list(self.book.values())
-
-    async def positions(self) -> list[ExchangePosition]:
-        return [ExchangePosition("XRPUSDT", 100.0, 0.5, 3.0, 0.3)]
+        return next((o for o in reversed(self.orders) if o.client_order_id == client_order_id),
+                    None)
 
     async def resync_time(self) -> None:
         self.resyncs += 1
 
+    def fill(self, cid: str) -> None:
+        """The order fills and closes: its client id is free again on the venue."""
+        self.orders = [state(o.client_order_id, OrderStatus.FILLED)
+                       if o.client_order_id == cid else o for o in self.orders]
 
-persisted: list[str] = []
+    def orders_for(self, cid: str) -> int:
+        return sum(1 for o in self.orders if o.client_order_id == cid)
 
 
-async def persist(req: OrderRequest) -> None:
-    persisted.append(req.client_order_id)
+sends: list[tuple[str, int]] = []
 
 
-def placer(v: FakeVenue, **kw: object) -> ReliablePlacer:
-    return ReliablePlacer(v, persist, backoff_s=0.0, **kw)  # type: ignore[arg-type]
+async def before_send(req: OrderRequest, wall: int) -> None:
+    sends.append((req.client_order_id, wall))
+
+
+def placer(v: ScriptedVenue, **kw: object) -> ReliablePlacer:
+    return ReliablePlacer(v, backoff_s=0.0, recv_window_ms=RECV_MS, settle_ms=0,
+                          **kw)  # type: ignore[arg-type]
 
 
 async def test_timeout_after_accept_is_found_by_query_not_resent() -> None:
-    v = FakeVenue([(OutcomeUnknown("timeout"), True)])
-    report = await placer(v).place(REQ)
-    assert report.status is OrderStatus.ACCEPTED
+    v = ScriptedVenue([(OutcomeUnknown("timeout"), True, 0.0)])
+    update = await placer(v).place(REQ, before_send)
+    assert update.status is OrderStatus.ACCEPTED
     assert (v.submits, v.queries) == (1, 1)
-    assert persisted[-1] == "qt1"
+    assert sends[-1][0] == "qt1"
+    assert v.orders_for("qt1") == 1
 
 
-async def test_lost_request_is_resent_after_the_query_says_unknown() -> None:
-    v = FakeVenue([(OutcomeUnknown("dropped"), False)])
-    assert (await placer(v).place(REQ)).status is OrderStatus.ACCEPTED
-    assert (v.submits, v.queries) == (2, 1)
+async def test_lost_request_is_resent_only_after_its_recv_window() -> None:
+    v = ScriptedVenue([(OutcomeUnknown("dropped"), False, 0.0)])
+    t0 = time.monotonic()
+    assert (await placer(v).place(REQ, before_send)).status is OrderStatus.ACCEPTED
+    assert time.monotonic() - t0 >= RECV_MS / 1000 * 0.9  # it waited before concluding
+    assert v.submits == 2
+    assert v.orders_for("qt1") == 1
+
+
+async def test_an_attempt_still_in_flight_is_found_not_sent_twice() -> None:
+    """The first lookup comes too early to see the attempt; "not found" then is not an answer:
+    only once the recvWindow has passed is it one, and by then the order is there."""
+    v = ScriptedVenue([(OutcomeUnknown("timeout"), True, RECV_MS / 1000 / 3)])
+    update = await placer(v).place(REQ, before_send)
+    assert update.status is OrderStatus.ACCEPTED
+    assert v.submits == 1
+    assert v.orders_for("qt1") == 1
+
+
+async def test_a_filled_order_found_by_recovery_is_never_sent_again() -> None:
+    """After a restart the order is on record as sent: the venue is asked first. Its id is
+    free again on the venue (the order filled), so a blind re-send would be a second order."""
+    v = ScriptedVenue([])
+    await placer(v).place(REQ, before_send)
+    v.fill("qt1")
+    recovered = await placer(v).place(REQ, before_send, sent_before_ms=1)
+    assert recovered.status is OrderStatus.FILLED
+    assert v.orders_for("qt1") == 1
+    assert v.submits == 1
 
 
 async def test_not_processed_is_retried_without_a_query() -> None:
-    v = FakeVenue([(RateLimited("429", retry_after=0.0), False), (ClockSkew("-1021"), False)])
-    assert (await placer(v).place(REQ)).status is OrderStatus.ACCEPTED
+    v = ScriptedVenue([(RateLimited("429", retry_after=0.0), False, 0.0),
+                       (ClockSkew("-1021"), False, 0.0)])
+    assert (await placer(v).place(REQ, before_send)).status is OrderStatus.ACCEPTED
     assert (v.submits, v.queries, v.resyncs) == (3, 0, 1)
 
 
-async def test_duplicate_id_means_an_earlier_attempt_landed() -> None:
-    v = FakeVenue([])
-    v.book["qt1"] = accepted()
-    assert (await placer(v).place(REQ)).status is OrderStatus.ACCEPTED
+async def test_duplicate_id_means_an_earlier_attempt_is_working() -> None:
+    v = ScriptedVenue([])
+    v.orders.append(state("qt1"))
+    assert (await placer(v).place(REQ, before_send)).status is OrderStatus.ACCEPTED
     assert (v.submits, v.queries) == (1, 1)
+    assert v.orders_for("qt1") == 1
 
 
-async def test_rejection_is_final() -> None:
-    v = FakeVenue([(ExchangeRejected("margin", -2019), False)])
-    report = await placer(v).place(REQ)
-    assert report.status is OrderStatus.REJECTED
-    assert "margin" in report.reason
+async def test_rejection_is_final_and_keeps_the_venue_code() -> None:
+    v = ScriptedVenue([(ExchangeRejected("would immediately trigger", -2021), False, 0.0)])
+    update = await placer(v).place(REQ, before_send)
+    assert update.status is OrderStatus.REJECTED
+    assert update.code == -2021
+    assert "trigger" in update.reason
     assert v.submits == 1
 
 
 async def test_no_resend_while_the_query_cannot_answer() -> None:
-    v = FakeVenue([(OutcomeUnknown("timeout"), False)], query_errors=100)
+    v = ScriptedVenue([(OutcomeUnknown("timeout"), False, 0.0)], query_errors=100)
     with pytest.raises(PlacementUnknown):
-        await placer(v, max_attempts=4).place(REQ)
+        await placer(v, max_attempts=4).place(REQ, before_send)
     assert v.submits == 1  # never resent without a definite "unknown order"
 
 
-async def test_breaker_escalates_on_repeated_unknown_outcomes() -> None:
+async def test_breaker_refuses_new_entries_but_never_rejects_an_order_that_landed() -> None:
     states: list[TradingState] = []
     breaker = CircuitBreaker(reduce_after=2, halt_after=4,
                              on_state=lambda s, _r: states.append(s))
-    v = FakeVenue([(OutcomeUnknown("5xx"), False)] * 3)
+    v = ScriptedVenue([(OutcomeUnknown("5xx"), False, 0.0)] * 3)
     with pytest.raises(OrderRefused, match="REDUCING"):
-        await placer(v, breaker=breaker).place(REQ)
+        await placer(v, breaker=breaker).place(REQ, before_send)
     assert states == [TradingState.REDUCING]
+    assert v.orders_for("qt1") == 0  # refused only because it is certainly not there
+    # An order that did land and filled while the breaker was open is found, not "REJECTED".
+    landed = OrderRequest("qt3", "XRPUSDT", Side.BUY, OrderType.MARKET, 100.0)
+    v.orders.append(state("qt3", OrderStatus.FILLED))
+    found = await placer(v, breaker=breaker).place(landed, before_send, sent_before_ms=1)
+    assert found.status is OrderStatus.FILLED
     exit_req = OrderRequest("qt2", "XRPUSDT", Side.SELL, OrderType.MARKET, 100.0, True)
-    assert (await placer(v, breaker=breaker).place(exit_req)).status is OrderStatus.ACCEPTED
-
-
-async def test_reconciler_runs_periodically() -> None:
-    v = FakeVenue([])
-    v.book["ext"] = accepted("ext")
-    results: list[ReconcileResult] = []
-    three = asyncio.Event()
-
-    async def snapshot() -> tuple[list[OpenOrderRef], dict[str, float]]:
-        return [OpenOrderRef("XRPUSDT", "gone")], {"XRPUSDT": 100.0}
-
-    async def on_result(r: ReconcileResult) -> None:
-        results.append(r)
-        if len(results) >= 3:
-            three.set()
-
-    task = asyncio.create_task(Reconciler(v).run_forever(0.01, snapshot, on_result))
-    await asyncio.wait_for(three.wait(), 5)
-    task.cancel()
-    r = results[0]
-    assert [a.client_order_id for a in r.adopted] == ["ext"]
-    assert r.resolved == [(OpenOrderRef("XRPUSDT", "gone"), None)]
-    assert r.position_mismatches == []
+    assert (await placer(v, breaker=breaker).place(exit_req, before_send)).status is \
+        OrderStatus.ACCEPTED

@@ -9,6 +9,7 @@ import pytest
 from quantum_trader.domain.enums import IntentPurpose, OrderStatus, OrderType, Side
 from quantum_trader.domain.orders import (
     TRANSITIONS,
+    BadTrade,
     IllegalTransition,
     Order,
     OverFill,
@@ -31,8 +32,8 @@ def test_table_covers_every_status_and_terminals_are_dead_ends() -> None:
     assert set(TRANSITIONS) == set(ALL)
     for status in ALL:
         assert status.is_terminal == (not TRANSITIONS[status])
-    assert len(LEGAL) == 17
-    assert len(ILLEGAL) == len(ALL) ** 2 - 17
+    assert len(LEGAL) == 18
+    assert len(ILLEGAL) == len(ALL) ** 2 - 18
 
 
 @pytest.mark.parametrize(("src", "dst"), LEGAL)
@@ -58,22 +59,57 @@ def test_illegal_transition_raises_and_changes_nothing(src: OrderStatus,
 
 def test_fills_move_through_partial_to_filled_with_average_price() -> None:
     order = _order(OrderStatus.ACCEPTED)
-    order.apply_fill(4.0, 1.0, 0.01, 1)
+    order.book_trade(4.0, 1.0, 0.01, 1)
     assert order.status is OrderStatus.PARTIALLY_FILLED
-    order.apply_fill(6.0, 2.0, 0.02, 2)
+    order.book_trade(6.0, 2.0, 0.02, 2)
     assert order.status is OrderStatus.FILLED
     assert order.avg_fill_price == pytest.approx(1.6)
     assert order.fees == pytest.approx(0.03)
     assert order.remaining == 0
 
 
-def test_overfill_and_fill_after_cancel_are_refused() -> None:
+def test_strict_fill_refuses_overfill_and_a_closed_order_without_changing_it() -> None:
     order = _order(OrderStatus.ACCEPTED)
     with pytest.raises(OverFill):
         order.apply_fill(11.0, 1.0, 0.0, 1)
+    assert (order.filled_qty, order.status) == (0.0, OrderStatus.ACCEPTED)
     order.transition(OrderStatus.CANCELED, 2)
     with pytest.raises(IllegalTransition):
         order.apply_fill(1.0, 1.0, 0.0, 3)
+    # validated before anything moved: nothing of the refused fill is on the order
+    assert (order.filled_qty, order.fees, order.avg_fill_price) == (0.0, 0.0, 0.0)
+    assert order.status is OrderStatus.CANCELED
+
+
+@pytest.mark.parametrize(("qty", "price", "fee"), [(0.0, 1.0, 0.0), (-1.0, 1.0, 0.0),
+                                                   (float("nan"), 1.0, 0.0),
+                                                   (1.0, 0.0, 0.0), (1.0, float("inf"), 0.0),
+                                                   (1.0, 1.0, float("nan"))])
+def test_a_trade_no_venue_sends_is_refused_before_anything_changes(qty: float, price: float,
+                                                                   fee: float) -> None:
+    order = _order(OrderStatus.ACCEPTED)
+    order.book_trade(2.0, 1.0, 0.01, 1)
+    before = (order.filled_qty, order.avg_fill_price, order.fees, order.status,
+              list(order.history))
+    with pytest.raises(BadTrade):
+        order.book_trade(qty, price, fee, 2)
+    assert (order.filled_qty, order.avg_fill_price, order.fees, order.status,
+            order.history) == before
+
+
+def test_a_late_trade_on_a_canceled_order_is_booked_and_the_status_stays() -> None:
+    order = _order(OrderStatus.ACCEPTED)
+    order.book_trade(4.0, 1.0, 0.0, 1)
+    order.transition(OrderStatus.CANCELED, 2, "canceled by the exit brain")
+    assert order.book_trade(3.0, 1.2, 0.0, 3)  # executed before the cancel, reported after
+    assert order.filled_qty == 7.0
+    assert order.status is OrderStatus.CANCELED
+
+
+def test_an_overfill_is_booked_with_the_size_grown_to_match() -> None:
+    order = _order(OrderStatus.ACCEPTED, qty=5.0)
+    assert order.book_trade(6.0, 1.0, 0.0, 1) is False  # the caller audits it
+    assert (order.quantity, order.filled_qty, order.status) == (6.0, 6.0, OrderStatus.FILLED)
 
 
 def test_client_order_id_is_deterministic_short_and_binance_safe() -> None:
@@ -86,22 +122,13 @@ def test_client_order_id_is_deterministic_short_and_binance_safe() -> None:
 
 
 def test_a_stale_status_snapshot_never_moves_an_order_back() -> None:
-    """Reconciliation reads order snapshots that may predate fills we already applied."""
-    from quantum_trader.domain.enums import Liquidity
-    from quantum_trader.domain.models import OrderIntent
-    from quantum_trader.domain.tracking import OrderTracker
-    from quantum_trader.exchange.protocol import ExecutionReport
+    """Reconciliation reads order snapshots that may predate trades already booked."""
+    from quantum_trader.domain.venue import OrderUpdate
 
-    tracker = OrderTracker()
-    intent = OrderIntent("i-stale", "XRPUSDT", Side.BUY, 100.0, OrderType.LIMIT,
-                         IntentPurpose.ENTRY, 0, 60_000, "t", price=1.0)
-    order = tracker.create(intent, 0)
-    cid = order.client_order_id
-    tracker.apply(ExecutionReport(cid, "x1", "XRPUSDT", OrderStatus.ACCEPTED, 1, Side.BUY))
-    tracker.apply(ExecutionReport(cid, "x1", "XRPUSDT", OrderStatus.PARTIALLY_FILLED, 2,
-                                  Side.BUY, 40.0, 1.0, 0.01, Liquidity.MAKER, "7"))
-    _, fill = tracker.apply(ExecutionReport(cid, "x1", "XRPUSDT", OrderStatus.ACCEPTED, 3,
-                                            Side.BUY))
-    assert fill is None
+    order = _order(OrderStatus.NEW, qty=100.0)
+    order.apply_update(OrderUpdate("c1", "x1", "XRPUSDT", Side.BUY, OrderStatus.ACCEPTED, 1))
+    order.book_trade(40.0, 1.0, 0.01, 2)
+    assert not order.apply_update(OrderUpdate("c1", "x1", "XRPUSDT", Side.BUY,
+                                              OrderStatus.ACCEPTED, 3))
     assert order.status is OrderStatus.PARTIALLY_FILLED
     assert order.filled_qty == 40.0

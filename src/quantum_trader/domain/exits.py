@@ -213,7 +213,7 @@ class ExitBrain:
         """Guard a position again after a restart, from what the store remembers: the
         position snapshot (levels) and its working protective orders."""
         guards = [o for o in open_orders if o.symbol == snap.symbol and o.reduce_only]
-        sl = next((o.intent_id for o in guards if o.tag in ("sl", "trail")), None)
+        sl = next((o.intent_id for o in guards if o.tag in ("sl", "trail", "guard")), None)
         tp = next((o.intent_id for o in guards if o.tag == "tp"), None)
         self.restore(snap.symbol, Side.BUY if snap.qty > 0 else Side.SELL, snap.avg_entry,
                      snap.opened_ts, snap.trace_id, snap.stop_loss, snap.take_profit,
@@ -241,6 +241,17 @@ class ExitBrain:
                 g.stop = float(stop)
             restored.append(sym)
         return restored
+
+    def adopt_stop(self, symbol: str, intent_id: str, level: float | None) -> bool:
+        """A protective stop placed for ``symbol`` by someone else (execution's guard, when
+        the position had none): guard with it from now on. Returns whether it was taken."""
+        g = self.guards.get(symbol)
+        if g is None or g.exiting:
+            return False
+        g.sl_order = intent_id
+        if level is not None:
+            g.stop = level
+        return True
 
     def restore(self, symbol: str, side: Side, entry_price: float, opened_ts: int,
                 trace_id: str, stop: float | None, target: float | None, qty: float,

@@ -67,7 +67,7 @@ def _grid(step: float) -> tuple[int, float]:
     """``step`` as ``m / 10**e`` with integer ``m``: repr is the shortest decimal that
     round-trips, so 0.001 is 1/1000 and 0.25 is 25/100, not their binary values."""
     d = Decimal(repr(step)).normalize()
-    sign, digits, exp = d.as_tuple()
+    _sign, digits, exp = d.as_tuple()
     assert isinstance(exp, int)
     m = int("".join(map(str, digits)))
     if exp >= 0:

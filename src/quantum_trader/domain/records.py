@@ -98,6 +98,13 @@ class AccountSnapshot:
     positions: tuple[PositionSnapshot, ...]
     trace_id: str = ""
     stop_outs: dict[str, int] = field(default_factory=dict)  # symbol -> last stop-out time
+    # Positions with no working stop on the venue: risk refuses entries while there are any.
+    unprotected: tuple[str, ...] = ()
+    # Entries sent but not filled at all yet: symbol -> signed notional (buy > 0).
+    pending: dict[str, float] = field(default_factory=dict)
+    # The newest intents execution has handled (an order exists for each, in any state):
+    # risk stops counting its approvals of them as pending once they appear here.
+    recent_intents: tuple[str, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)

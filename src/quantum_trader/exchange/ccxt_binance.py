@@ -6,8 +6,15 @@ at the simulator (``quantum-trader exchange-sim``).
 
 Every request goes through one ``WeightLimiter`` and every answer is classified into the typed
 errors of ``exchange.errors`` by HTTP status and Binance code (ccxt's own exception classes put
-"may have happened" and "did not happen" in the same family). Orders are checked against the
-venue's filters before anything is sent.
+"may have happened" and "did not happen" in the same family): an answer without a Binance error
+body (HTTP 408 from the gateway, an HTML page from a proxy) is an unknown outcome, never a
+rejection. Orders are checked against the venue's filters before anything is sent.
+
+Conditional orders (stops) live in Binance's Algo Service (since December 2025): placed on
+``/fapi/v1/algoOrder`` under our client id, they become a *regular* order with its own order id
+when they trigger, and the trades carry that id. ccxt reports an algo order's ``TRIGGERED`` as
+"closed"; this adapter reads the algo status itself and follows ``actualOrderId`` to the order
+that really trades, so a triggered stop is working (or filled) and its trades are ours.
 """
 
 from __future__ import annotations
@@ -25,6 +32,16 @@ from pydantic import SecretStr
 from quantum_trader.domain.enums import Liquidity, OrderStatus, OrderType, Side
 from quantum_trader.domain.instruments import Instrument
 from quantum_trader.domain.models import Bar, FundingPayment, timeframe_ms
+from quantum_trader.domain.venue import (
+    LEVERAGE_WITH_POSITION,
+    MARGIN_TYPE_WITH_POSITION,
+    NO_NEED_TO_CHANGE_MARGIN,
+    OrderRequest,
+    OrderUpdate,
+    VenueAccount,
+    VenuePosition,
+    VenueTrade,
+)
 from quantum_trader.exchange.errors import (
     ClockSkew,
     DuplicateOrder,
@@ -36,12 +53,7 @@ from quantum_trader.exchange.errors import (
     OutcomeUnknown,
     RateLimited,
 )
-from quantum_trader.exchange.protocol import (
-    Exchange,
-    ExchangePosition,
-    ExecutionReport,
-    OrderRequest,
-)
+from quantum_trader.exchange.protocol import Venue
 from quantum_trader.exchange.ratelimit import WeightLimiter, binance_weight
 from quantum_trader.observability.metrics import EXCHANGE_RATE_LIMIT_USED
 
@@ -80,7 +92,19 @@ class BinanceSettings:
         return cls(mode=mode, base_url=base_url, api_key=sec.exchange_api_key,
                    api_secret=sec.exchange_api_secret,
                    headroom=shares.get(service, 0.9) if service else 0.9,
-                   leverage={s: int(settings.leverage) for s in symbols})
+                   leverage={s: int(settings.leverage) for s in symbols},
+                   recv_window_ms=settings.exchange.recv_window_ms)
+
+
+MODES: dict[str, Mode] = {"binance-testnet": "testnet", "binance-demo": "demo",
+                          "binance-live": "live"}
+
+
+def venue_for(settings: Settings, service: str) -> CcxtBinanceExchange:
+    """The venue client of ``service``, limited to its share of the IP's request weight."""
+    x = settings.exchange
+    return CcxtBinanceExchange(BinanceSettings.from_config(
+        settings, MODES[x.kind], x.base_url or None, x.symbols, service=service))
 
 
 @dataclass(slots=True, frozen=True)
@@ -149,13 +173,16 @@ class _Client(ccxt_async.binanceusdm):  # type: ignore[misc]
 def _raise_for(status: int, response: Any, body: str, headers: dict[str, Any]) -> None:
     err_code = 0
     msg = (body or "")[:300]
+    binance_body = isinstance(response, dict) and "code" in response
     if isinstance(response, dict):
         err_code = int(response.get("code", 0) or 0)
         msg = str(response.get("msg", msg))
     text = f"HTTP {status} code {err_code}: {msg}"
     if status in (418, 429):
         raise (IpBanned if status == 418 else RateLimited)(text, err_code, _retry_after(headers))
-    if status >= 500:
+    if status >= 500 or status == 408 or not binance_body:
+        # No answer from Binance's engine (a gateway timeout, a proxy's page): the request
+        # may have been processed. Only a Binance error body is a definite "no".
         raise OutcomeUnknown(text, err_code)
     if err_code == -1021:
         raise ClockSkew(text, err_code)
@@ -177,6 +204,28 @@ def _retry_after(headers: dict[str, Any]) -> float:
 
 _CCXT_STATUS = {"canceled": OrderStatus.CANCELED, "expired": OrderStatus.EXPIRED,
                 "rejected": OrderStatus.REJECTED}
+_BINANCE_STATUS = {"NEW": OrderStatus.ACCEPTED, "PARTIALLY_FILLED": OrderStatus.PARTIALLY_FILLED,
+                   "FILLED": OrderStatus.FILLED, "CANCELED": OrderStatus.CANCELED,
+                   "EXPIRED": OrderStatus.EXPIRED, "EXPIRED_IN_MATCH": OrderStatus.EXPIRED,
+                   "REJECTED": OrderStatus.REJECTED}
+_ALGO_OPEN = {"NEW"}
+_ALGO_IN_ENGINE = {"TRIGGERING", "TRIGGERED", "FINISHED"}
+_ALGO_DONE = {"CANCELED": OrderStatus.CANCELED, "EXPIRED": OrderStatus.EXPIRED,
+              "REJECTED": OrderStatus.REJECTED}
+
+
+class HedgeModeRefused(ExchangeError):
+    """The account is in hedge mode (dualSidePosition); this system trades one-way mode."""
+
+
+@dataclass(slots=True)
+class VenueSetup:
+    """What ``connect()`` found: settings the venue kept because they could not be changed
+    (a position is open), and why. Execution runs with them, DEGRADED, instead of crashing."""
+
+    leverage: dict[str, float] = field(default_factory=dict)  # symbol -> leverage in force
+    margin_mode: dict[str, str] = field(default_factory=dict)
+    kept: dict[str, str] = field(default_factory=dict)  # symbol -> reason a setting was kept
 
 
 class CcxtBinanceExchange:
@@ -207,6 +256,8 @@ class CcxtBinanceExchange:
         self._marks: dict[str, float] = {}
         self._cid_by_order: dict[str, str] = {}  # exchange order id -> client id
         self._algo: set[str] = set()  # client ids known to be conditional (algo) orders
+        self._actual: dict[str, str] = {}  # algo client id -> the regular order it became
+        self.setup = VenueSetup()
 
     def __repr__(self) -> str:  # never show keys
         return f"CcxtBinanceExchange(mode={self.settings.mode}, base_url={self.settings.base_url})"
@@ -217,8 +268,61 @@ class CcxtBinanceExchange:
 
     # --- set-up -----------------------------------------------------------------------------
     async def connect(self) -> None:
-        """Load markets and filters, sync the clock, set leverage and margin mode, read marks."""
-        markets = await self._x.load_markets()
+        """Load markets and filters, sync the clock, refuse hedge mode, set leverage and margin
+        mode (keeping the venue's where an open position forbids a change: ``setup.kept``),
+        read marks. Transient venue errors are retried: a start through a flaky venue comes up
+        instead of crash-looping."""
+        from quantum_trader.exchange.reliable import call_with_retries
+
+        await call_with_retries(self._load_markets, attempts=10, max_backoff_s=5.0)
+        await call_with_retries(self.resync_time, attempts=10, max_backoff_s=5.0)
+        if self.settings.api_key is not None:
+            dual = await call_with_retries(self._x.fapiPrivateGetPositionSideDual, attempts=10,
+                                           max_backoff_s=5.0)
+            if str((dual or {}).get("dualSidePosition", "false")).lower() == "true":
+                raise HedgeModeRefused(
+                    "the account is in hedge mode (dualSidePosition): Quantum Trader trades "
+                    "one-way mode only; switch it in the venue's preferences (Position Mode: "
+                    "One-way) with no position open, then start again")
+        for sym, lev in self.settings.leverage.items():
+            await self._configure(sym, lev)
+        await call_with_retries(self.refresh_marks, attempts=10, max_backoff_s=5.0)
+
+    async def _configure(self, symbol: str, leverage: int) -> None:
+        from quantum_trader.exchange.reliable import call_with_retries
+
+        try:
+            await call_with_retries(lambda: self.set_margin_mode(symbol,
+                                                                 self.settings.margin_mode))
+            self.setup.margin_mode[symbol] = self.settings.margin_mode
+        except ExchangeRejected as exc:
+            if exc.code != MARGIN_TYPE_WITH_POSITION:
+                raise
+            self.setup.kept[symbol] = (f"margin mode kept as the venue has it: {exc} (a "
+                                       "position or order is open)")
+        try:
+            await call_with_retries(lambda: self.set_leverage(symbol, leverage))
+            self.setup.leverage[symbol] = float(leverage)
+        except ExchangeRejected as exc:
+            if exc.code not in (LEVERAGE_WITH_POSITION, MARGIN_TYPE_WITH_POSITION):
+                raise
+            current = await self._current_leverage(symbol)
+            self.setup.leverage[symbol] = current
+            self.setup.kept[symbol] = (f"leverage kept at {current:g}x (wanted {leverage}x): "
+                                       f"{exc}")
+
+    async def _current_leverage(self, symbol: str) -> float:
+        from quantum_trader.exchange.reliable import call_with_retries
+
+        rows = await call_with_retries(lambda: self._x.fapiPrivateV2GetPositionRisk(
+            {"symbol": symbol}))
+        for r in rows or []:
+            if r.get("symbol") == symbol and float(r.get("leverage") or 0) > 0:
+                return float(r["leverage"])
+        return float(self.settings.leverage.get(symbol, 1))
+
+    async def _load_markets(self) -> None:
+        markets = await self._x.load_markets(reload=bool(self.instruments))
         for m in markets.values():
             if not (m.get("linear") and m.get("swap")):
                 continue
@@ -231,11 +335,6 @@ class CcxtBinanceExchange:
                 min_qty=float(lot.get("minQty", 0.001)),
                 min_notional=float(filters.get("MIN_NOTIONAL", {}).get("notional", 5.0)))
             self._ccxt_symbol[m["id"]] = m["symbol"]
-        await self.resync_time()
-        for sym, lev in self.settings.leverage.items():
-            await self.set_margin_mode(sym, self.settings.margin_mode)
-            await self.set_leverage(sym, lev)
-        await self.refresh_marks()
 
     async def resync_time(self) -> None:
         """Measure the venue's clock offset (after a -1021) so signatures carry its time."""
@@ -307,7 +406,7 @@ class CcxtBinanceExchange:
             raise OrderRefused(f"unknown symbol {symbol!r}") from None
 
     # --- orders -----------------------------------------------------------------------------
-    async def submit(self, request: OrderRequest) -> ExecutionReport:
+    async def submit(self, request: OrderRequest) -> OrderUpdate:
         self.check(request)
         sym = self._sym(request.symbol)
         params: dict[str, Any] = {"clientOrderId": request.client_order_id}
@@ -319,9 +418,14 @@ class CcxtBinanceExchange:
             self._algo.add(request.client_order_id)
         order = await self._x.create_order(sym, kind, request.side.value.lower(),
                                            request.quantity, request.price, params)
-        return self._report(order, request.symbol)
+        return await self._update(order, request.symbol)
 
-    async def cancel(self, symbol: str, client_order_id: str) -> ExecutionReport:
+    def remember_algo(self, client_order_ids: Any) -> None:
+        """Client ids known to be conditional orders (after a restart, from our store), so
+        their queries go straight to the Algo Service."""
+        self._algo.update(client_order_ids)
+
+    async def cancel(self, symbol: str, client_order_id: str) -> OrderUpdate:
         sym = self._sym(symbol)
         if client_order_id in self._algo:
             await self._x.cancel_order(None, sym, {"clientOrderId": client_order_id,
@@ -333,12 +437,12 @@ class CcxtBinanceExchange:
                 await self._x.cancel_order(None, sym, {"clientOrderId": client_order_id,
                                                        "trigger": True})
                 self._algo.add(client_order_id)
-        report = await self.query(symbol, client_order_id)
-        if report is None:
+        update = await self.query(symbol, client_order_id)
+        if update is None:
             raise OrderNotFound(f"{client_order_id} vanished after its cancel")
-        return report
+        return update
 
-    async def query(self, symbol: str, client_order_id: str) -> ExecutionReport | None:
+    async def query(self, symbol: str, client_order_id: str) -> OrderUpdate | None:
         """The order's state, looked up by client id; None if the venue does not know it."""
         sym = self._sym(symbol)
         kinds = (True, False) if client_order_id in self._algo else (False, True)
@@ -352,10 +456,10 @@ class CcxtBinanceExchange:
                 continue
             if algo:
                 self._algo.add(client_order_id)
-            return self._report(order, symbol)
+            return await self._update(order, symbol)
         return None
 
-    async def open_orders(self, symbol: str | None = None) -> list[ExecutionReport]:
+    async def open_orders(self, symbol: str | None = None) -> list[OrderUpdate]:
         sym = self._sym(symbol) if symbol else None
         out = []
         for algo in (False, True):
@@ -363,29 +467,75 @@ class CcxtBinanceExchange:
             for o in await self._x.fetch_open_orders(sym, None, None, params):
                 if algo and o.get("clientOrderId"):
                     self._algo.add(o["clientOrderId"])
-                out.append(self._report(o, None))
+                out.append(await self._update(o, None))
         return out
 
-    def _report(self, o: dict[str, Any], symbol: str | None) -> ExecutionReport:
+    async def _update(self, o: dict[str, Any], symbol: str | None) -> OrderUpdate:
         info = o.get("info") or {}
         sym = symbol or str(info.get("symbol") or self._market_id(o.get("symbol")))
+        if "algoStatus" in info or "clientAlgoId" in info:
+            return await self._algo_update(info, sym)
         cid = str(o.get("clientOrderId") or info.get("clientOrderId") or "")
-        oid = str(o.get("id") or "")
-        if oid and cid:
+        oid = str(o.get("id") or info.get("orderId") or "")
+        if oid in self._cid_by_order:
+            cid = self._cid_by_order[oid]  # e.g. the regular order one of our stops became
+        elif oid:
+            cid = await self._resolve_algo(sym, oid) or cid
             self._cid_by_order[oid] = cid
+        raw = str(info.get("status") or "")
+        status = _BINANCE_STATUS.get(raw)
         filled = float(o.get("filled") or 0.0)
-        status_s = o.get("status")
-        if status_s == "open":
-            status = OrderStatus.PARTIALLY_FILLED if filled > 0 else OrderStatus.ACCEPTED
-        elif status_s == "closed":
-            status = OrderStatus.FILLED
-        else:
-            status = _CCXT_STATUS.get(str(status_s), OrderStatus.ACCEPTED)
+        if status is None:
+            status_s = o.get("status")
+            if status_s == "open":
+                status = OrderStatus.PARTIALLY_FILLED if filled > 0 else OrderStatus.ACCEPTED
+            elif status_s == "closed":
+                status = OrderStatus.FILLED
+            else:
+                status = _CCXT_STATUS.get(str(status_s), OrderStatus.ACCEPTED)
         ts = int(o.get("lastUpdateTimestamp") or o.get("timestamp") or 0)
         side = Side(str(o.get("side") or info.get("side") or "buy").upper())
-        return ExecutionReport(cid, oid, sym, status, ts, side, cum_qty=filled,
-                               avg_price=float(o.get("average") or 0.0),
-                               is_liquidation=cid.startswith("autoclose"))
+        kind = _order_type(str(info.get("type") or info.get("origType") or ""))
+        return OrderUpdate(cid, oid, sym, side, status, ts, filled,
+                           float(o.get("average") or 0.0), float(o.get("amount") or 0.0),
+                           order_type=kind, reduce_only=bool(info.get("reduceOnly") or False))
+
+    async def _algo_update(self, info: dict[str, Any], symbol: str) -> OrderUpdate:
+        """An algo order's state as an order of ours: untriggered = working; triggered = the
+        state of the regular order it became (whose id its trades carry)."""
+        cid = str(info.get("clientAlgoId") or "")
+        self._algo.add(cid)
+        algo_id = str(info.get("algoId") or "")
+        side = Side(str(info.get("side") or "BUY").upper())
+        qty = float(info.get("quantity") or 0.0)
+        ts = int(info.get("updateTime") or info.get("createTime") or 0)
+        raw = str(info.get("algoStatus") or "NEW")
+        actual = str(info.get("actualOrderId") or "")
+        if actual:
+            self._actual[cid] = actual
+            self._cid_by_order[actual] = cid
+        if raw in _ALGO_DONE:
+            status, filled, avg = _ALGO_DONE[raw], float(info.get("executedQty") or 0), 0.0
+        elif raw in _ALGO_IN_ENGINE and actual:
+            try:
+                real = await self._x.fetch_order(actual, self._sym(symbol))
+            except OrderNotFound:
+                real = None
+            if real is None:
+                status, filled, avg = OrderStatus.ACCEPTED, 0.0, 0.0
+            else:
+                rinfo = real.get("info") or {}
+                status = _BINANCE_STATUS.get(str(rinfo.get("status") or ""),
+                                             OrderStatus.ACCEPTED)
+                filled = float(real.get("filled") or 0.0)
+                avg = float(real.get("average") or 0.0)
+        else:
+            status = OrderStatus.ACCEPTED
+            filled = float(info.get("executedQty") or 0.0)
+            avg = float(info.get("avgPrice") or 0.0)
+        return OrderUpdate(cid, algo_id, symbol, side, status, ts, filled, avg, qty,
+                           order_type=OrderType.STOP_MARKET,
+                           reduce_only=bool(info.get("reduceOnly") or False))
 
     def _market_id(self, ccxt_symbol: Any) -> str:
         for mid, s in self._ccxt_symbol.items():
@@ -394,18 +544,28 @@ class CcxtBinanceExchange:
         return str(ccxt_symbol)
 
     # --- account ----------------------------------------------------------------------------
-    async def positions(self) -> list[ExchangePosition]:
+    async def positions(self) -> list[VenuePosition]:
         out = []
         for p in await self._x.fetch_positions():
             qty = float(p.get("contracts") or 0.0)
             if qty == 0:
                 continue
             sign = -1.0 if p.get("side") == "short" else 1.0
-            out.append(ExchangePosition(self._market_id(p["symbol"]), sign * qty,
-                                        float(p.get("entryPrice") or 0.0),
-                                        float(p.get("leverage") or 1.0),
-                                        float(p.get("liquidationPrice") or 0.0)))
+            out.append(VenuePosition(self._market_id(p["symbol"]), sign * qty,
+                                     float(p.get("entryPrice") or 0.0),
+                                     float(p.get("leverage") or 1.0),
+                                     float(p.get("liquidationPrice") or 0.0)))
         return out
+
+    async def account(self) -> VenueAccount:
+        """Wallet balance and positions as the venue holds them (one consistent read each)."""
+        b = await self._x.fetch_balance()
+        info = b.get("info") or {}
+        wallet = float(info["totalWalletBalance"]) if "totalWalletBalance" in info else \
+            float((b.get("USDT") or {}).get("total") or 0.0)
+        available = float(info.get("availableBalance") or 0.0)
+        positions = await self.positions()
+        return VenueAccount(int(self._x.milliseconds()), wallet, tuple(positions), available)
 
     async def set_leverage(self, symbol: str, leverage: float) -> None:
         await self._x.set_leverage(int(leverage), self._sym(symbol))
@@ -416,23 +576,20 @@ class CcxtBinanceExchange:
         except ccxt.MarginModeAlreadySet:
             pass
         except ExchangeRejected as exc:
-            if exc.code != -4046:  # "No need to change margin type."
+            if exc.code != NO_NEED_TO_CHANGE_MARGIN:
                 raise
 
     async def balance(self) -> float:
         """Wallet balance in USDT (margin balance less unrealized PnL)."""
-        b = await self._x.fetch_balance()
-        info = b.get("info") or {}
-        if "totalWalletBalance" in info:
-            return float(info["totalWalletBalance"])
-        return float((b.get("USDT") or {}).get("total") or 0.0)
+        return (await self.account()).wallet
 
-    async def fills(self, symbol: str, from_id: int | None = None,
-                    limit: int = 1000) -> list[ExecutionReport]:
-        """User trades from trade id ``from_id`` on (all of them by default), as fill reports
-        (``fill_qty``, ``trade_id``, fee, liquidity), oldest first; paginated by trade id."""
+    async def trades(self, symbol: str, from_id: int | None = None,
+                     limit: int = 1000) -> list[VenueTrade]:
+        """Our trades from trade id ``from_id`` on (all the venue keeps when None), oldest
+        first; paginated by trade id. Each carries the client id of the order it belongs to
+        (for a triggered stop: ours, through ``actualOrderId``)."""
         sym = self._sym(symbol)
-        out: list[ExecutionReport] = []
+        out: list[VenueTrade] = []
         params: dict[str, Any] = {"fromId": from_id if from_id is not None else 0}
         while True:
             page = await self._x.fetch_my_trades(sym, None, limit, params)
@@ -441,45 +598,85 @@ class CcxtBinanceExchange:
                 cid = self._cid_by_order.get(oid) or await self._cid_of(symbol, oid)
                 fee = float((t.get("fee") or {}).get("cost") or 0.0)
                 liq = Liquidity.MAKER if t.get("takerOrMaker") == "maker" else Liquidity.TAKER
-                out.append(ExecutionReport(
-                    cid, oid, symbol, OrderStatus.PARTIALLY_FILLED, int(t["timestamp"]),
-                    Side(str(t["side"]).upper()), float(t["amount"]), float(t["price"]), fee,
-                    liq, str(t["id"]), is_liquidation=cid.startswith("autoclose")))
+                out.append(VenueTrade(symbol, str(t["id"]), oid, cid,
+                                      Side(str(t["side"]).upper()), float(t["amount"]),
+                                      float(t["price"]), fee, liq, int(t["timestamp"])))
             if len(page) < limit:
                 return out
             params = {"fromId": int(page[-1]["id"]) + 1}
 
-    async def _cid_of(self, symbol: str, order_id: str) -> str:
-        if not order_id:
-            return ""
-        for params in ({}, {"trigger": True}):
+    async def latest_trade_id(self, symbol: str) -> int | None:
+        page = await self._x.fetch_my_trades(self._sym(symbol), None, 10)
+        ids = [int(t["id"]) for t in page if str(t.get("id") or "").isdigit()]
+        return max(ids) if ids else None
+
+    async def fills(self, symbol: str, from_id: int | None = None,
+                    limit: int = 1000) -> list[VenueTrade]:
+        return await self.trades(symbol, from_id, limit)
+
+    async def _resolve_algo(self, symbol: str, order_id: str) -> str | None:
+        """Our stop that became the regular order ``order_id`` when it triggered, asked of the
+        Algo Service for each of our stops not yet known to have triggered; None if none."""
+        sym = self._sym(symbol)
+        for cid in [c for c in self._algo if c not in self._actual]:
             try:
-                o = await self._x.fetch_order(order_id, self._sym(symbol), params)
+                algo = await self._x.fetch_order(None, sym, {"clientOrderId": cid,
+                                                             "trigger": True})
             except OrderNotFound:
                 continue
-            cid = str(o.get("clientOrderId") or "")
-            self._cid_by_order[order_id] = cid
-            return cid
-        return ""
+            actual = str((algo.get("info") or {}).get("actualOrderId") or "")
+            if actual:
+                self._actual[cid] = actual
+                self._cid_by_order[actual] = cid
+            if actual == order_id:
+                return cid
+        return None
 
-    async def funding(self, symbol: str, since: int | None = None,
-                      limit: int = 1000) -> list[FundingPayment]:
-        rows = await self._x.fetch_funding_history(self._sym(symbol), since, limit)
-        # Binance reports income: negative when the account paid; FundingPayment counts paid > 0.
-        return [FundingPayment(symbol, int(r["timestamp"]), 0.0, 0.0, 0.0, -float(r["amount"]))
-                for r in rows]
+    async def _cid_of(self, symbol: str, order_id: str) -> str:
+        """The client id of the order ``order_id``: ours when it is the regular order one of
+        our stops became, else the id the venue has for it (a manual, liquidation or ADL
+        order)."""
+        if not order_id:
+            return ""
+        sym = self._sym(symbol)
+        mine = await self._resolve_algo(symbol, order_id)
+        if mine is not None:
+            return mine
+        try:
+            o = await self._x.fetch_order(order_id, sym)
+        except OrderNotFound:
+            return ""
+        cid = str(o.get("clientOrderId") or "")
+        self._cid_by_order[order_id] = cid
+        return cid
+
+    async def funding(self, since_ts: int, limit: int = 1000) -> list[FundingPayment]:
+        """Funding income since ``since_ts`` for every symbol, oldest first, each with its
+        tranId (Binance reports income: negative when the account paid; a FundingPayment
+        counts paid as positive)."""
+        out: list[FundingPayment] = []
+        start = since_ts
+        while True:
+            rows = await self._x.fapiPrivateGetIncome({"incomeType": "FUNDING_FEE",
+                                                       "startTime": start, "limit": limit})
+            for r in rows:
+                out.append(FundingPayment(str(r.get("symbol") or ""), int(r["time"]), 0.0, 0.0,
+                                          0.0, -float(r["income"]),
+                                          id=str(r.get("tranId") or f"{r['symbol']}:{r['time']}")))
+            if len(rows) < limit:
+                return out
+            start = int(rows[-1]["time"])
 
     async def bars(self, symbol: str, timeframe: str, since: int | None = None,
                    limit: int = 500) -> list[Bar]:
-        """Closed klines from ``since`` (the venue's current, still open bar is dropped)."""
+        """Closed klines from ``since``. Binance includes the kline still open as the last one;
+        it is dropped (by the venue's clock: local time corrected by the measured offset),
+        whichever URL the venue is at."""
         rows = await self._x.fetch_ohlcv(self._sym(symbol), timeframe, since, limit)
         tf = timeframe_ms(timeframe)
-        now = self._x.milliseconds()
+        venue_now = int(self._x.milliseconds()) - int(self._x.options.get("timeDifference") or 0)
         bars = [Bar(symbol, timeframe, int(r[0]), float(r[1]), float(r[2]), float(r[3]),
-                    float(r[4]), float(r[5])) for r in rows]
-        # The simulator serves closed bars only; a real venue includes the open one.
-        if bars and self.settings.base_url is None and bars[-1].ts + tf > now:
-            bars.pop()
+                    float(r[4]), float(r[5])) for r in rows if int(r[0]) + tf <= venue_now]
         if bars:
             self._marks[symbol] = bars[-1].close
         return bars
@@ -506,8 +703,20 @@ def error_body(exc: BaseException) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _conforms(x: CcxtBinanceExchange) -> Exchange:
+def _order_type(raw: str) -> OrderType | None:
+    raw = raw.upper()
+    if raw in ("STOP_MARKET", "STOP"):
+        return OrderType.STOP_MARKET
+    if raw == "LIMIT":
+        return OrderType.LIMIT
+    if raw == "MARKET":
+        return OrderType.MARKET
+    return None
+
+
+def _conforms(x: CcxtBinanceExchange) -> Venue:
     return x  # mypy proves the adapter implements the port
 
 
-__all__ = ["BinanceSettings", "CcxtBinanceExchange", "MarkInfo", "Mode"]
+__all__ = ["BinanceSettings", "CcxtBinanceExchange", "HedgeModeRefused", "MarkInfo", "Mode",
+           "VenueSetup"]

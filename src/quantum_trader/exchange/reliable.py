@@ -1,17 +1,19 @@
-"""Execution hardening around an exchange port: exactly one order per intent, whatever the
-network does; a circuit breaker; a reconciler; a kill switch.
+"""Execution hardening around a venue: exactly one order per intent, whatever the network
+does, and a circuit breaker.
 
 The rules ``ReliablePlacer`` follows:
 
-1. The order is persisted (an injected callback) before the first byte is sent, so a crash
-   after sending leaves a record to recover from.
-2. Its client order id is derived from the intent id and never changes: every retry, and every
-   restart, sends the same id, so the venue's duplicate-id check (-4116) is the last line of
-   defence.
-3. After an attempt whose outcome is unknown (timeout, dropped answer, 5xx), the order is
-   queried by client id before anything is sent again; if the query cannot get an answer,
-   nothing is sent. A definite "not processed" (429, 418, -1021) is retried after waiting.
-4. A definite rejection is final.
+1. The caller has persisted the order (as "may be on the venue") before it asks for a send;
+   ``before_send`` is called before every attempt so the stored send time is the latest one.
+2. Its client order id is derived from the intent id and never changes.
+3. After an attempt whose outcome is unknown (timeout, dropped answer, 5xx, an answer that is not
+   Binance's), nothing is sent again until a lookup by client id has answered: found means done.
+   "Not found" is conclusive only once the request's ``recvWindow`` has passed since the attempt
+   (Binance refuses a request older than that, so an attempt still in flight can no longer land).
+   Binance keeps client ids unique among *open* orders only: without this rule a re-send after a
+   fill that was merely slow to show would be accepted as a second order.
+4. A definite "not processed" (429, 418, -1021) is retried after waiting; a definite rejection is
+   final; an order that may be on the venue is never declared rejected by us.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from quantum_trader.domain.enums import OrderStatus, OrderType, Side, TradingState
+from quantum_trader.domain.enums import OrderStatus, TradingState
+from quantum_trader.domain.venue import OrderRequest, OrderUpdate
 from quantum_trader.exchange.errors import (
     ClockSkew,
     DuplicateOrder,
@@ -36,7 +39,6 @@ from quantum_trader.exchange.errors import (
     OutcomeUnknown,
     RateLimited,
 )
-from quantum_trader.exchange.protocol import ExchangePosition, ExecutionReport, OrderRequest
 from quantum_trader.observability.metrics import EXCHANGE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -45,24 +47,18 @@ T = TypeVar("T")
 StateCallback = Callable[[TradingState, str], None]
 
 
-class Venue(Protocol):
-    """What the hardening needs from an exchange adapter (``CcxtBinanceExchange`` has it)."""
+class OrderVenue(Protocol):
+    """What the placer needs from a venue adapter (``CcxtBinanceExchange`` has it)."""
 
-    async def submit(self, request: OrderRequest) -> ExecutionReport: ...
+    async def submit(self, request: OrderRequest) -> OrderUpdate: ...
 
-    async def cancel(self, symbol: str, client_order_id: str) -> ExecutionReport: ...
-
-    async def query(self, symbol: str, client_order_id: str) -> ExecutionReport | None: ...
-
-    async def open_orders(self, symbol: str | None = None) -> list[ExecutionReport]: ...
-
-    async def positions(self) -> list[ExchangePosition]: ...
+    async def query(self, symbol: str, client_order_id: str) -> OrderUpdate | None: ...
 
     async def resync_time(self) -> None: ...
 
 
 class PlacementUnknown(ExchangeError):
-    """The order's fate could not be established; it stays in flight for the reconciler."""
+    """The order's fate could not be established; it stays in flight for reconciliation."""
 
 
 async def call_with_retries(fn: Callable[[], Awaitable[T]], attempts: int = 8,
@@ -96,7 +92,7 @@ class CircuitBreaker:
         self.reduce_after = reduce_after
         self.halt_after = halt_after
         self.cooldown_s = cooldown_s
-        self._on_state = on_state
+        self.on_state = on_state
         self._clock = clock
         self.state = TradingState.ACTIVE
         self.consecutive = 0
@@ -108,8 +104,8 @@ class CircuitBreaker:
             log.warning("exchange circuit breaker: %s -> %s (%s)", self.state.name, state.name,
                         reason)
             self.state = state
-            if self._on_state is not None:
-                self._on_state(state, reason)
+            if self.on_state is not None:
+                self.on_state(state, reason)
 
     def record_failure(self, kind: str) -> None:
         self.consecutive += 1
@@ -168,79 +164,79 @@ class PlacerStats:
 
 
 class ReliablePlacer:
-    def __init__(self, venue: Venue, persist: Callable[[OrderRequest], Awaitable[None]],
-                 breaker: CircuitBreaker | None = None, max_attempts: int = 12,
-                 backoff_s: float = 0.05, max_backoff_s: float = 2.0,
-                 query_delay_s: float = 0.0) -> None:
+    def __init__(self, venue: OrderVenue, breaker: CircuitBreaker | None = None,
+                 max_attempts: int = 12, backoff_s: float = 0.05, max_backoff_s: float = 2.0,
+                 recv_window_ms: int = 5_000, settle_ms: int = 1_000,
+                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
         self.venue = venue
-        self.persist = persist
         self.breaker = breaker or CircuitBreaker()
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.query_delay_s = query_delay_s  # let a slow venue finish before asking about it
+        # An attempt sent at t can be accepted until t + recvWindow (+ Binance's 1 s of clock
+        # tolerance, + our clock's error): only then does "not found" mean "never arrived".
+        self.conclusive_after_ms = recv_window_ms + settle_ms
+        self._wall_ms = wall_ms
         self.stats = PlacerStats()
 
-    async def place(self, request: OrderRequest) -> ExecutionReport:
-        """Persist, then send ``request`` until the venue has it (or says no).
+    def conclusive(self, sent_wall_ms: int) -> bool:
+        """True once an attempt sent at ``sent_wall_ms`` can no longer reach the venue."""
+        return self._wall_ms() >= sent_wall_ms + self.conclusive_after_ms
 
-        Returns the venue's report (ACCEPTED/.../REJECTED). Raises ``OrderRefused`` if our own
-        checks or the breaker refuse it (nothing was sent) and ``PlacementUnknown`` when its fate
-        stays unknown after every attempt (the reconciler resolves it later).
+    async def place(self, request: OrderRequest,
+                    before_send: Callable[[OrderRequest, int], Awaitable[None]],
+                    sent_before_ms: int = 0) -> OrderUpdate:
+        """Get ``request`` onto the venue exactly once and return its first state there
+        (ACCEPTED/.../FILLED, or REJECTED with the venue's code).
+
+        ``sent_before_ms``: when an earlier attempt was made (by this or an earlier process);
+        then the venue is asked first. Raises ``OrderRefused`` when our checks or the breaker
+        refuse an order that is certainly not on the venue, and ``PlacementUnknown`` when its
+        fate stays unknown (it is then left in flight for reconciliation, never re-sent blind).
         """
-        if not self.breaker.allows(request.reduce_only):
-            self.stats.refused += 1
-            raise OrderRefused(f"trading is {self.breaker.state.name}: only reduce-only orders "
-                               "are sent")
-        await self.persist(request)
-        return await self._send(request, uncertain=False)
-
-    async def probe(self) -> bool:
-        """One light request (server time) when the breaker's quiet period is over: a success
-        closes the breaker again. Returns whether the venue answered."""
-        if not self.breaker.probe_due():
-            return self.breaker.state is TradingState.ACTIVE
-        try:
-            await self.venue.resync_time()
-        except IpBanned as exc:
-            self.breaker.record_ban(exc.retry_after)
-            return False
-        except ExchangeError as exc:
-            self.breaker.record_failure(type(exc).__name__)
-            return False
-        self.breaker.record_success()
-        return True
-
-    async def recover(self, request: OrderRequest) -> ExecutionReport:
-        """After a restart: the persisted order may or may not have reached the venue."""
-        return await self._send(request, uncertain=True)
-
-    async def _send(self, req: OrderRequest, uncertain: bool) -> ExecutionReport:
+        last_sent = sent_before_ms
+        uncertain = sent_before_ms > 0
         delay = self.backoff_s
-        for attempt in range(self.max_attempts):
+        for _attempt in range(self.max_attempts):
             if uncertain:
-                found = await self._lookup(req)
+                found = await self._lookup(request)
                 if found is not None:
                     self.stats.found_after_uncertainty += 1
                     return found
-            if not self.breaker.allows(req.reduce_only):
-                # Whatever we sent earlier is not on the venue: refusing now is safe.
+                if not self.conclusive(last_sent):
+                    # Not there *yet*: an attempt may still land. Wait out its recvWindow.
+                    wait_ms = last_sent + self.conclusive_after_ms - self._wall_ms()
+                    await asyncio.sleep(max(0.0, wait_ms / 1000))
+                    found = await self._lookup(request)
+                    if found is not None:
+                        self.stats.found_after_uncertainty += 1
+                        return found
+                    if not self.conclusive(last_sent):
+                        continue
+                uncertain = False  # established: never reached the venue
+            if not self.breaker.allows(request.reduce_only):
                 self.stats.refused += 1
-                raise OrderRefused(f"trading is {self.breaker.state.name}")
+                raise OrderRefused(f"trading is {self.breaker.state.name}: only reduce-only "
+                                   "orders are sent")
             self.stats.attempts += 1
+            last_sent = self._wall_ms()
+            await before_send(request, last_sent)
             try:
-                report = await self.venue.submit(req)
-            except (OrderRefused, ExchangeRejected) as exc:
+                update = await self.venue.submit(request)
+            except OrderRefused:
+                self.stats.refused += 1
+                raise
+            except ExchangeRejected as exc:
                 self.breaker.record_success()  # the venue answered
-                if isinstance(exc, OrderRefused):
-                    self.stats.refused += 1
-                    raise
                 self.stats.rejected += 1
-                return ExecutionReport(req.client_order_id, "", req.symbol,
-                                       OrderStatus.REJECTED, 0, req.side, reason=str(exc))
+                return OrderUpdate(request.client_order_id, "", request.symbol, request.side,
+                                   OrderStatus.REJECTED, 0, quantity=request.quantity,
+                                   reason=str(exc), code=exc.code,
+                                   order_type=request.order_type,
+                                   reduce_only=request.reduce_only)
             except DuplicateOrder:
                 self.breaker.record_success()
-                uncertain = True  # an earlier attempt landed: the lookup finds it
+                uncertain = True  # an earlier attempt is working on the venue: find it
                 continue
             except IpBanned as exc:
                 self._count("banned")
@@ -262,38 +258,50 @@ class ReliablePlacer:
             else:
                 self.breaker.record_success()
                 self.stats.placed += 1
-                return report
-            del attempt
+                return update
         self.stats.unknown += 1
-        raise PlacementUnknown(f"{req.client_order_id}: no definite answer after "
+        raise PlacementUnknown(f"{request.client_order_id}: no definite answer after "
                                f"{self.max_attempts} attempts")
 
-    async def _lookup(self, req: OrderRequest) -> ExecutionReport | None:
+    async def probe(self) -> bool:
+        """One light request (server time) when the breaker's quiet period is over: a success
+        closes the breaker again. Returns whether the venue answered."""
+        if not self.breaker.probe_due():
+            return self.breaker.state is TradingState.ACTIVE
+        try:
+            await self.venue.resync_time()
+        except IpBanned as exc:
+            self.breaker.record_ban(exc.retry_after)
+            return False
+        except ExchangeError as exc:
+            self.breaker.record_failure(type(exc).__name__)
+            return False
+        self.breaker.record_success()
+        return True
+
+    async def lookup(self, request: OrderRequest) -> OrderUpdate | None:
+        """Ask the venue for the order by client id (retrying until it answers)."""
+        return await self._lookup(request)
+
+    async def _lookup(self, req: OrderRequest) -> OrderUpdate | None:
         """Query by client id until the venue answers; never guess."""
-        if self.query_delay_s:
-            await asyncio.sleep(self.query_delay_s)
         delay = self.backoff_s
         for _ in range(self.max_attempts):
             self.stats.queries += 1
             try:
-                found = await self.venue.query(req.symbol, req.client_order_id)
+                return await self.venue.query(req.symbol, req.client_order_id)
             except OrderNotFound:
-                found = None
+                return None
             except IpBanned as exc:
                 self.breaker.record_ban(exc.retry_after)
-                continue  # the rate limiter holds the next request until the ban ends
             except ClockSkew:
                 await self._resync()
-                continue
             except NotProcessed:
-                continue
+                await asyncio.sleep(delay)
             except ExchangeError as exc:
                 self.breaker.record_failure(type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
-                continue
-            # Not a breaker success: a venue that answers queries but fails orders is not well.
-            return found
         self.stats.unknown += 1
         raise PlacementUnknown(f"{req.client_order_id}: could not learn whether the venue "
                                "has it")
@@ -309,133 +317,11 @@ class ReliablePlacer:
         EXCHANGE_ERRORS.labels(kind=kind).inc()
 
 
-# --- reconciliation --------------------------------------------------------------------------
-
-@dataclass(slots=True, frozen=True)
-class OpenOrderRef:
-    """One order our store believes is working on the venue."""
-
-    symbol: str
-    client_order_id: str
-
-
-@dataclass(slots=True)
-class ReconcileResult:
-    adopted: list[ExecutionReport] = field(default_factory=list)  # venue has, we did not
-    resolved: list[tuple[OpenOrderRef, ExecutionReport | None]] = field(default_factory=list)
-    position_mismatches: list[tuple[str, float, float]] = field(default_factory=list)
-
-    @property
-    def clean(self) -> bool:
-        return not (self.adopted or self.resolved or self.position_mismatches)
-
-
-class Reconciler:
-    """Compares our store with the venue, on start and every ``interval_s`` seconds.
-
-    * an open order on the venue that we do not know is reported as adopted (tag it EXTERNAL);
-    * an order we believe is open but the venue does not list is queried by client id: its
-      final state (filled/canceled) or None (never arrived: lost in flight) is reported;
-    * positions (signed quantity per symbol) that differ by more than ``qty_tolerance``.
-
-    Pass only orders that are past SUBMITTED (or older than a send timeout) as ``ours``: one
-    still being placed is not yet on the venue by definition.
-    """
-
-    def __init__(self, venue: Venue, qty_tolerance: float = 1e-9) -> None:
-        self.venue = venue
-        self.qty_tolerance = qty_tolerance
-
-    async def run_once(self, ours: Iterable[OpenOrderRef],
-                       our_positions: dict[str, float]) -> ReconcileResult:
-        result = ReconcileResult()
-        venue_open = await call_with_retries(self.venue.open_orders)
-        ours = list(ours)
-        our_ids = {o.client_order_id for o in ours}
-        venue_ids = {r.client_order_id for r in venue_open}
-        result.adopted = [r for r in venue_open if r.client_order_id not in our_ids]
-        for ref in ours:
-            if ref.client_order_id in venue_ids:
-                continue
-            found = await call_with_retries(_bind(self.venue.query, ref.symbol,
-                                                  ref.client_order_id))
-            result.resolved.append((ref, found))
-        venue_pos = {p.symbol: p.qty for p in await call_with_retries(self.venue.positions)}
-        for sym in sorted(set(venue_pos) | set(our_positions)):
-            mine, theirs = our_positions.get(sym, 0.0), venue_pos.get(sym, 0.0)
-            if abs(mine - theirs) > self.qty_tolerance:
-                result.position_mismatches.append((sym, mine, theirs))
-        return result
-
-    async def run_forever(self, interval_s: float,
-                          snapshot: Callable[[], Awaitable[tuple[list[OpenOrderRef],
-                                                                  dict[str, float]]]],
-                          on_result: Callable[[ReconcileResult], Awaitable[None]]) -> None:
-        """Reconcile now and then every ``interval_s`` until cancelled; errors are logged."""
-        while True:
-            try:
-                ours, positions = await snapshot()
-                await on_result(await self.run_once(ours, positions))
-            except ExchangeError as exc:
-                log.warning("reconciliation skipped: %s", exc)
-            except Exception:  # one bad round must not end reconciliation for good
-                log.exception("reconciliation round failed")
-            await asyncio.sleep(interval_s)
-
-
-def _bind(fn: Callable[[str, str], Awaitable[T]], a: str,
-          b: str) -> Callable[[], Awaitable[T]]:
-    return lambda: fn(a, b)
-
-
-# --- kill switch -----------------------------------------------------------------------------
-
-@dataclass(slots=True)
-class KillResult:
-    canceled: list[str] = field(default_factory=list)
-    cancel_failed: list[tuple[str, str]] = field(default_factory=list)
-    flatten_orders: list[ExecutionReport] = field(default_factory=list)
-
-
-class KillSwitch:
-    """Halt, cancel every open order, and optionally close every position (reduce-only)."""
-
-    def __init__(self, venue: Venue, placer: ReliablePlacer) -> None:
-        self.venue = venue
-        self.placer = placer
-
-    async def trigger(self, reason: str, flatten: bool = False,
-                      kill_id: str = "kill") -> KillResult:
-        """``kill_id`` makes the flattening orders' client ids deterministic: triggering the
-        same kill twice (a retry, a restart) cannot close a position twice."""
-        self.placer.breaker.trip(f"kill switch: {reason}")
-        result = KillResult()
-        for r in await call_with_retries(self.venue.open_orders):
-            try:
-                await call_with_retries(_bind(self.venue.cancel, r.symbol, r.client_order_id))
-                result.canceled.append(r.client_order_id)
-            except ExchangeError as exc:
-                result.cancel_failed.append((r.client_order_id, str(exc)))
-        if flatten:
-            for p in await call_with_retries(self.venue.positions):
-                side = Side.SELL if p.qty > 0 else Side.BUY
-                cid = f"qtk{kill_id}-{p.symbol}"[:36]
-                req = OrderRequest(cid, p.symbol, side, OrderType.MARKET, abs(p.qty),
-                                   reduce_only=True)
-                result.flatten_orders.append(await self.placer.place(req))
-        return result
-
-
 __all__ = [
     "CircuitBreaker",
-    "KillResult",
-    "KillSwitch",
-    "OpenOrderRef",
+    "OrderVenue",
     "PlacementUnknown",
     "PlacerStats",
-    "ReconcileResult",
-    "Reconciler",
     "ReliablePlacer",
-    "Venue",
     "call_with_retries",
 ]

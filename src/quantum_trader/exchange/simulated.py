@@ -40,6 +40,7 @@ the core behaves the same:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -446,7 +447,7 @@ class SimulatedExchange:
                     capacity = self._fill(order, bar, level, Liquidity.MAKER, capacity, events)
                 continue
             path = [here, *points[min(int(f * 3), 2) + 1:]]
-            for a, b in zip(path, path[1:], strict=False):
+            for a, b in itertools.pairwise(path):
                 lo, hi = min(a, b), max(a, b)
                 if not lo <= level <= hi:
                     continue

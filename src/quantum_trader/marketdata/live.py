@@ -46,6 +46,7 @@ class FeedStats:
     duplicates_dropped: int = 0
     venue_gaps: int = 0  # holes in the venue's own data (published around, counted)
     errors: int = 0
+    refused: int = 0  # bars refused at the edge (implausible time), dead-lettered
     stale_episodes: int = 0
     last_error: str = ""
     last_ts: dict[str, int] = field(default_factory=dict)
@@ -56,7 +57,7 @@ _POLL_PAGE = 99  # bars asked for by a routine poll: the lightest klines weight
 
 class LiveKlineFeed:
     def __init__(self, source: BarSource, symbols: Sequence[str], timeframe: str,
-                 publish: Callable[[Bar], Awaitable[None]], *, poll_s: float = 1.0,
+                 publish: Callable[[Bar], Awaitable[bool | None]], *, poll_s: float = 1.0,
                  stale_after_s: float = 90.0, on_health: HealthCallback | None = None,
                  start_after: dict[str, int] | None = None, warmup_bars: int = 1,
                  page_size: int = 1000, marks: MarkSource | None = None,
@@ -133,7 +134,11 @@ class LiveKlineFeed:
             for bar in fresh:
                 if last is not None and bar.ts != last + self.tf_ms:
                     self.stats.venue_gaps += 1
-                await self.publish(bar)
+                if await self.publish(bar) is False:
+                    # Refused at the edge (an implausible time): skipped, and it must not move
+                    # the feed on (a bar from the far future would hide every later one).
+                    self.stats.refused += 1
+                    continue
                 # Advance only after the publish: a failed publish is retried, never skipped.
                 last = bar.ts
                 self.stats.last_ts[sym] = last

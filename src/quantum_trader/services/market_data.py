@@ -1,20 +1,30 @@
-"""market-data: publishes closed bars. Here from historical data on a replay clock; the live
-feed through the exchange port plugs in behind the same topic."""
+"""market-data: publishes closed bars, from historical data on a replay clock
+(``MarketDataService``) or from a venue's closed klines (``LiveMarketDataService``), on the same
+topic with the same messages.
+
+Bars are checked at this edge: one whose time cannot be right (off the timeframe's grid, not yet
+closed, older than the last one published) is refused and dead-lettered with the reason; it never
+reaches a consumer and never moves the feed on.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
-from quantum_trader.bus.protocol import Bus
+from quantum_trader.bus.protocol import Bus, Message, deadletter_message
 from quantum_trader.config import Settings
+from quantum_trader.domain.models import Bar
 from quantum_trader.domain.records import Checkpoint
 from quantum_trader.marketdata.replay import ReplayFeed
 from quantum_trader.marketdata.sample import resolve_source
 from quantum_trader.services.base import Service
 from quantum_trader.services.messages import (
     PIPELINE,
+    BarRefused,
     bar_id,
     bar_payload,
+    check_bar_time,
     observe_bar_published,
 )
 from quantum_trader.store.protocol import TradeStore
@@ -75,3 +85,75 @@ class MarketDataService(Service):
                                                             bar.close_ts)])
         self.finished = True
         self.log.info("replay_finished", published=self.published)
+
+
+class LiveMarketDataService(Service):
+    """Closed klines from the venue onto ``market.bars``: gaps backfilled after a disconnect,
+    never a bar twice or out of order; DEGRADED (and entries refused) while the feed is stale."""
+
+    name = "market-data"
+
+    def __init__(self, settings: Settings, bus: Bus, store: TradeStore | None) -> None:
+        super().__init__(settings, bus, store)
+        from quantum_trader.exchange.ccxt_binance import venue_for
+
+        self.venue = venue_for(settings, self.name)
+        self.stale_reason: str | None = "feed not started"
+        self.last_ts: dict[str, int] = {}
+        self.refused: set[tuple[str, int]] = set()
+        self.health.add("market data", self._check_feed, critical=False)
+
+    async def _check_feed(self) -> str | None:
+        return self.stale_reason
+
+    def _on_health(self, ok: bool, why: str) -> None:
+        self.stale_reason = None if ok else f"stale: {why}"
+
+    async def on_start(self) -> None:
+        from quantum_trader.marketdata.live import LiveKlineFeed
+
+        for topic, groups in PIPELINE.items():
+            for group in groups:
+                await self.bus.ensure_group(topic, group)
+        if self.store is not None:
+            cp = await self.store.checkpoint(self.name)
+            if cp is not None:
+                self.last_ts = dict(cp.last_bar_ts)
+        await self.venue.connect()  # retries through venue faults
+        x = self.settings.exchange
+        feed = LiveKlineFeed(self.venue, list(x.symbols), self.settings.data.timeframe,
+                             self._publish, poll_s=x.poll_s, stale_after_s=x.stale_after_s,
+                             on_health=self._on_health, start_after=self.last_ts or None)
+        self.spawn(feed.run(self._stop))
+
+    async def _publish(self, bar: Bar) -> bool:
+        from quantum_trader.runtime.clock import wall_ms
+
+        try:
+            check_bar_time(bar, wall_ms())
+            if bar.ts <= self.last_ts.get(bar.symbol, -1):
+                raise BarRefused(f"{bar.symbol} bar at {bar.ts}: not after the last one "
+                                 f"published ({self.last_ts[bar.symbol]})")
+        except BarRefused as exc:
+            key = (bar.symbol, bar.ts)
+            if key not in self.refused:
+                self.refused.add(key)
+                self.log.warning("bar_refused", reason=str(exc))
+                from quantum_trader.bus.protocol import Delivery
+
+                raw = Message("bar", bar_payload(bar), wall_ms(), bar_id(bar)).encode()
+                letter = deadletter_message(Delivery("market.bars", "-", None, 0, raw),
+                                            self.name, f"bar refused: {exc}", wall_ms())
+                await self.bus.publish("deadletter", letter)
+            return False
+        self.stale_reason = None  # a new closed bar: the feed is alive
+        await self.publish("market.bars", "bar", bar_payload(bar), bar_id(bar), bar_id(bar))
+        observe_bar_published(bar)
+        self.last_ts[bar.symbol] = bar.ts
+        if self.store is not None:
+            await self.store.write([Checkpoint.progress(self.name, self.last_ts, bar.close_ts)])
+        return True
+
+    async def on_stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.venue.close()

@@ -23,10 +23,34 @@ def bar_payload(bar: Bar) -> dict[str, Any]:
     return to_payload(bar)
 
 
+class BarRefused(ValueError):
+    """A bar whose time cannot be right: off the timeframe's grid, or closing in the future."""
+
+
+def check_bar_time(bar: Bar, now_ms: int) -> None:
+    """Refuse a bar with an implausible time: its open must be on the timeframe's grid and it
+    must have closed by ``now_ms`` (a still-open kline is never a closed bar, and a bar from
+    the far future would stop every later one as "older")."""
+    from quantum_trader.domain.models import TIMEFRAME_MS
+
+    tf = TIMEFRAME_MS.get(bar.timeframe)
+    if tf is None:
+        raise BarRefused(f"{bar.symbol} bar at {bar.ts}: unknown timeframe {bar.timeframe!r}")
+    if bar.ts % tf:
+        raise BarRefused(f"{bar.symbol} {bar.timeframe} bar at {bar.ts}: not on the "
+                         f"{bar.timeframe} grid")
+    if bar.close_ts > now_ms + 1_000:
+        raise BarRefused(f"{bar.symbol} {bar.timeframe} bar at {bar.ts}: closes at "
+                         f"{bar.close_ts}, after now ({now_ms}): not a closed bar")
+
+
 def bar_from(msg: Message) -> Bar:
+    import time
+
     bar = from_payload(Bar, msg.payload)
     try:
         bar.validate()
+        check_bar_time(bar, int(time.time() * 1000))
     except ValueError as exc:
         raise MalformedMessage(str(exc)) from None
     return bar

@@ -55,6 +55,12 @@ class RiskSafetyService(Service):
         # Decisions made by this process, newest last: redeliveries are answered from here
         # without a database round trip (the store answers for earlier incarnations).
         self._decided: dict[str, RiskDecision] = {}
+        # Entries approved here that execution has not reported handling yet: intent id ->
+        # (symbol, signed notional, expires_at). With the working entries execution reports,
+        # they count against the limits as if filled, so a burst of signals cannot approve
+        # one entry after another before the first has reached the venue.
+        self._approved: dict[str, tuple[str, float, int]] = {}
+        self._pending_view: dict[str, float] = {}
         self.consume("market.bars", self.on_bar)
         self.consume("signals", self.on_signal)
         self.consume("exits", self.on_exit)
@@ -64,8 +70,11 @@ class RiskSafetyService(Service):
     async def on_start(self) -> None:
         if self.store is None:
             return
-        for audit in await self.store.audit("trading_state"):
-            self.engine.ctx.trading_state = TradingState[str(audit.detail["to"])]
+        # The newest state change by insertion order: audit times mix market and wall time,
+        # so sorting by time could resurrect an older state (and lose a drawdown HALT).
+        last = await self.store.trading_state()
+        if last is not None:
+            self.engine.ctx.trading_state = TradingState[str(last.detail["to"])]
         self.portfolio.replace_positions([s.to_position() for s in await self.store.positions()])
         self.engine.sync(self.portfolio)
 
@@ -84,8 +93,14 @@ class RiskSafetyService(Service):
                                                          snap.day_start_equity)
         pf.replace_positions([p.to_position() for p in snap.positions])
         self.engine.sync(pf)
-        self.engine.ctx.stop_outs.update(snap.stop_outs)
-        self.engine.ctx.equity = snap.equity
+        ctx = self.engine.ctx
+        ctx.stop_outs.update(snap.stop_outs)
+        ctx.equity = snap.equity
+        ctx.unprotected = frozenset(snap.unprotected)
+        self._pending_view = dict(snap.pending)
+        for intent_id in snap.recent_intents:
+            self._approved.pop(intent_id, None)
+        self._refresh_pending()
         audit = self.engine.check_breakers(snap.ts)
         if audit is not None and self.store is not None:
             await self.store.write([audit])
@@ -122,8 +137,26 @@ class RiskSafetyService(Service):
                                     f"{self.settings.services.signal_max_age_ms} ms)",
                                     now, signal.trace_id)
         else:
+            self._refresh_pending(now)
             decision = self.engine.evaluate_signal(signal, now)
+            if decision.approved and decision.intent is not None:
+                i = decision.intent
+                self._approved[i.id] = (i.symbol, i.side.sign * i.quantity * signal.price,
+                                        i.expires_at)
         await self._commit(decision)
+
+    def _refresh_pending(self, now: int | None = None) -> None:
+        """Pending entries = what execution reports working + what was approved here and
+        has not reached execution yet (an approval can only become an order before it
+        expires, so expired ones stop counting)."""
+        t = self.market_now if now is None else now
+        for intent_id, (_sym, _n, expires) in list(self._approved.items()):
+            if expires < t:
+                self._approved.pop(intent_id)
+        pending = dict(self._pending_view)
+        for sym, notional, _exp in self._approved.values():
+            pending[sym] = pending.get(sym, 0.0) + notional
+        self.engine.ctx.pending = pending
 
     async def on_exit(self, msg: Message) -> None:
         if msg.type == "cancel":

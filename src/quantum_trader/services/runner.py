@@ -36,13 +36,9 @@ def build_service(name: str, settings: Settings, bus: Bus | None = None,
 def _build(name: str, settings: Settings, bus: Bus, store: TradeStore) -> Service:
     live = settings.exchange.kind != "simulated"
     if name == "market-data" and live:
-        from quantum_trader.services.live import LiveMarketDataService
+        from quantum_trader.services.market_data import LiveMarketDataService
 
         return LiveMarketDataService(settings, bus, store)
-    if name == "execution" and live:
-        from quantum_trader.services.live import LiveExecutionService
-
-        return LiveExecutionService(settings, bus, store, approval_key(settings))
     if name == "market-data":
         from quantum_trader.services.market_data import MarketDataService
 
