@@ -5,6 +5,8 @@
 --              (Alembic DDL). Never given to a running service.
 --   qt_app     the services: SELECT, INSERT, UPDATE on the tables. No DELETE, TRUNCATE or
 --              DDL: a compromised service cannot erase the trade history or the schema.
+--              (One exception, granted by store migration 0002 when it creates the table:
+--              DELETE on the outbox, whose published messages are not history.)
 --   qt_backup  `quantum-trader backup` (pg_dump): read-only.
 --   qt_monitor postgres_exporter (deploy/monitoring): server statistics (pg_monitor), no
 --              access to the trading tables.

@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 
 from quantum_trader.domain.enums import Direction
 from quantum_trader.domain.models import Signal
+from quantum_trader.domain.records import OutboundMessage
 from quantum_trader.store import SqlTradeStore
 from quantum_trader.store.migrate import upgrade_async
 
@@ -121,3 +122,32 @@ async def test_services_role_is_least_privilege(db: Db) -> None:
             await monitor.fetchval("SELECT count(*) FROM signals")
     finally:
         await monitor.close()
+
+
+async def test_services_role_may_clear_the_outbox_and_nothing_else(db: Db) -> None:
+    """Migration 0002 gives the services' role DELETE on the outbox alone: a published message
+    is done with, trade history never is."""
+    await upgrade_async(db.sa_url(db.owner))
+    store = SqlTradeStore(db.sa_url(db.app))
+    await store.open()
+    try:
+        await store.write([OutboundMessage("executions", "m-1", "fill", {"n": 1}, 1)])
+        [(seq, _)] = await store.outbox_pending()
+        await store.outbox_done([seq])
+        assert await store.outbox_pending() == []
+    finally:
+        await store.close()
+
+    app = await asyncpg.connect(db.dsn(db.app), timeout=10)
+    try:
+        for table in ("venue_trades", "funding_payments", "cursors", "orders", "audit_events"):
+            with pytest.raises(asyncpg.PostgresError, match="permission denied"):
+                await app.execute(f"DELETE FROM {table}")
+    finally:
+        await app.close()
+    backup = await asyncpg.connect(db.dsn(db.backup), timeout=10)
+    try:
+        with pytest.raises(asyncpg.PostgresError, match="permission denied"):
+            await backup.execute("DELETE FROM outbox")
+    finally:
+        await backup.close()

@@ -5,7 +5,9 @@ Conventions, chosen so the same schema works on both databases and round-trips e
 - times are ``BigInteger`` epoch milliseconds, like the domain (no time zones to get wrong);
 - prices and quantities are ``Double`` (IEEE double, the same as a Python ``float``);
 - ids are unbounded ``String``; enums are stored as their string value;
-- dict and list fields are ``JSON``.
+- dict, list and tuple fields (and nested dataclasses) are ``JSON``.
+
+Column names are the domain's field names: ``mapping.py`` derives every row from that.
 
 Primary keys are the domain ids, so replaying a message writes nothing new. There are no foreign
 keys on purpose: the store records what happened, and reconciliation can report a fill for an
@@ -29,6 +31,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 #: Deterministic constraint names, so migrations can refer to them on every database.
@@ -119,6 +122,11 @@ orders = Table(
     _str("tag"),
     # [[status, ts], ...]: the states the order left and when it entered them.
     Column("history", JSON, nullable=False),
+    # Added in 0002 with server defaults, so rows written before it read as they meant.
+    Column("expires_at", BigInteger, nullable=False, server_default=text("0")),
+    Column("origin", String, nullable=False, server_default="OURS"),
+    Column("sent_ts", BigInteger, nullable=False, server_default=text("0")),
+    Column("venue_filled_qty", Double, nullable=False, server_default=text("0")),
     # Client order ids are derived from intent ids: two orders sharing one is a double order.
     UniqueConstraint("client_order_id"),
     Index(None, "trace_id"),
@@ -210,6 +218,8 @@ audit_events = Table(
     _str("trace_id"),
     UniqueConstraint("key"),
     Index(None, "kind", "ts"),
+    # The latest event of a kind by insertion order (``trading_state()``), without a scan.
+    Index(None, "kind", "seq"),
 )
 
 checkpoints = Table(
@@ -229,6 +239,66 @@ checkpoints = Table(
     Column("extra", JSON, nullable=False),
 )
 
+venue_trades = Table(
+    "venue_trades",
+    metadata,
+    # One execution on the venue, booked once: (symbol, trade id) is its identity for ever.
+    Column("symbol", String, primary_key=True),
+    Column("trade_id", String, primary_key=True),
+    _str("venue_order_id"),
+    _str("client_order_id"),
+    _str("side"),
+    _num("quantity"),
+    _num("price"),
+    _num("fee"),
+    _str("liquidity"),
+    _ms("ts"),
+    Index(None, "ts"),
+    Index(None, "symbol", "ts"),
+)
+
+funding_payments = Table(
+    "funding_payments",
+    metadata,
+    # The venue's id of the payment, or "<symbol>:<ts>" when it gives none.
+    Column("id", String, primary_key=True),
+    _str("symbol"),
+    _ms("ts"),
+    _num("rate"),
+    _num("mark_price"),
+    _num("position_qty"),
+    _num("amount"),
+    Index(None, "ts"),
+    Index(None, "symbol", "ts"),
+)
+
+cursors = Table(
+    "cursors",
+    metadata,
+    # How far a reader has got through a venue's stream (e.g. trades:XRPUSDT -> trade id).
+    Column("name", String, primary_key=True),
+    _str("value"),
+    _ms("ts"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    # Bus messages committed with their cause, published from here, deleted once the bus has
+    # them. ``seq`` is commit order; ``id`` (the message id) makes journaling one twice a no-op.
+    Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    _str("id"),
+    _str("topic"),
+    _str("type"),
+    Column("payload", JSON, nullable=False),
+    _ms("ts"),
+    _str("trace_id"),
+    UniqueConstraint("id"),
+    # Rows are deleted here: SQLite must never hand a deleted seq out again (a publisher
+    # still holding it would delete the new message), which plain rowids would once emptied.
+    sqlite_autoincrement=True,
+)
+
 #: Every table, in the order ``counts()`` reports them.
 TABLES: tuple[Table, ...] = (
     signals,
@@ -240,4 +310,8 @@ TABLES: tuple[Table, ...] = (
     closed_trades,
     audit_events,
     checkpoints,
+    venue_trades,
+    funding_payments,
+    cursors,
+    outbox,
 )
