@@ -129,3 +129,4 @@ class OutboundMessage:
     payload: dict[str, Any]
     ts: int
     trace_id: str = ""
+    source: str = ""  # the service that committed it: each publishes its own messages

@@ -55,6 +55,7 @@ from quantum_trader.domain.enums import (
 )
 from quantum_trader.domain.execution import (
     PROTECTIVE_TAGS,
+    STOP_OUTS,
     ExecutionEngine,
     ListJournal,
 )
@@ -146,6 +147,7 @@ class ExecutionService(Service):
         self._recent_intents: deque[str] = deque(maxlen=_RECENT_INTENTS)
         self._unprotected_since: dict[str, int] = {}
         self._guard_seq = 0
+        self.stop_outs: dict[str, int] = {}  # symbol -> time of its last stop-out (cooldown)
         self.kept_settings: dict[str, str] = {}
         self.refusal: str | None = None  # a venue we must not trade on (hedge mode, ...)
         self.store_failing: str | None = None
@@ -223,8 +225,9 @@ class ExecutionService(Service):
             await self._restore_books(store, cp)
         if store is not None:
             from quantum_trader.bus.outbox import OutboxPublisher
+            from quantum_trader.store.outbox import ServiceOutbox
 
-            self._outbox = OutboxPublisher(store, self.bus)  # type: ignore[arg-type]
+            self._outbox = OutboxPublisher(ServiceOutbox(store, self.name), self.bus)
             self.spawn(self._outbox.run(self._stop))
         try:
             report = await self.driver.start(cursors)
@@ -256,6 +259,7 @@ class ExecutionService(Service):
             self.market_now = cp.ts
             self.last_prices = dict(cp.extra.get("last_close", {}))
             self.engine.restore_open_trades(cp.extra.get("open_trades", {}))
+            self.stop_outs = dict(cp.extra.get("stop_outs", {}))
         snaps = await store.positions()
         pf.replace_positions([s.to_position() for s in snaps])
         for snap in snaps:
@@ -435,6 +439,9 @@ class ExecutionService(Service):
                 if booking is None:
                     continue
                 n += 1
+                if booking.was_open and not booking.position.is_open and \
+                        booking.exit_reason in STOP_OUTS:
+                    self.stop_outs[ev.symbol] = ev.ts
                 self._fill_message(booking.fill, booking.order)
                 if booking.overfilled:
                     self.log.error("overfill", client_order_id=booking.order.client_order_id,
@@ -474,7 +481,8 @@ class ExecutionService(Service):
     def _say(self, topic: str, type_: str, payload: dict[str, Any], trace_id: str,
              msg_id: str) -> None:
         """A message that goes out once the current batch is committed (the outbox)."""
-        self.journal.record(OutboundMessage(topic, msg_id, type_, payload, wall_ms(), trace_id))
+        self.journal.record(OutboundMessage(topic, msg_id, type_, payload, wall_ms(), trace_id,
+                                            self.name))
 
     # --- bars and polling ----------------------------------------------------------------------
     async def on_bar(self, msg: Message) -> None:
@@ -538,9 +546,9 @@ class ExecutionService(Service):
         for update in snap.open_orders:
             order = engine.order(update.client_order_id)
             if order is None and self.store is not None:
-                found = await self.store.order_by_client_id(update.client_order_id)
-                if found is not None:
-                    engine.adopt([found])
+                stored = await self.store.order_by_client_id(update.client_order_id)
+                if stored is not None:
+                    engine.adopt([stored])
             await self._apply([update])  # unknown: adopted as EXTERNAL, with its size
             if order is None and engine.order(update.client_order_id) is not None and \
                     engine.order(update.client_order_id).origin is not OrderOrigin.OURS:  # type: ignore[union-attr]
@@ -769,7 +777,8 @@ class ExecutionService(Service):
                           pf.max_drawdown, pf.day_start_ts, pf.day_start_equity, 0,
                           pf.fees_paid, pf.funding_paid, self.market_now,
                           {"open_trades": self.engine.open_trades_state(),
-                           "last_close": dict(self.last_prices)})
+                           "last_close": dict(self.last_prices),
+                           "stop_outs": dict(self.stop_outs)})
 
     def _snapshot_of(self, pos: Any, ts: int, trace_id: str) -> PositionSnapshot:
         entry = next((i for i in reversed(list(self.engine.entries.values()))
@@ -780,6 +789,16 @@ class ExecutionService(Service):
                                 entry.stop_loss if entry and pos.is_open else None,
                                 entry.take_profit if entry and pos.is_open else None)
 
+    def _unprotected_past_grace(self) -> tuple[str, ...]:
+        """Positions that have had no stop for longer than the grace period. A position that
+        just opened is not one: its stop is on its way from the exit brain (as in a backtest,
+        where it is placed in the same step), and entries are not refused for it."""
+        if not self._protect:
+            return ()
+        now = wall_ms()
+        return tuple(s for s in self.engine.unprotected()
+                     if now - self._unprotected_since.get(s, now) >= self._grace_ms)
+
     def _account_message(self, ts: int) -> None:
         pf = self.portfolio
         snaps = tuple(PositionSnapshot(p.symbol, p.qty, p.avg_entry, p.realized_pnl, p.fees,
@@ -789,8 +808,8 @@ class ExecutionService(Service):
             self.journal.record(self._snapshot_of(p, ts, ""))
         snap = AccountSnapshot(
             ts, pf.wallet, pf.equity, pf.peak_equity, pf.day_start_equity, snaps,
-            stop_outs={}, unprotected=tuple(self.engine.unprotected()) if self._protect
-            else (), pending=self.engine.pending_entries(self.last_prices),
+            stop_outs=dict(self.stop_outs), unprotected=self._unprotected_past_grace(),
+            pending=self.engine.pending_entries(self.last_prices),
             recent_intents=tuple(self._recent_intents))
         EQUITY_USD.set(pf.equity)
         DRAWDOWN_RATIO.set(pf.drawdown)

@@ -54,8 +54,9 @@ class ExitBrainService(Service):
         if self.store is None:
             return
         from quantum_trader.bus.outbox import OutboxPublisher
+        from quantum_trader.store.outbox import ServiceOutbox
 
-        self._outbox = OutboxPublisher(self.store, self.bus)  # type: ignore[arg-type]
+        self._outbox = OutboxPublisher(ServiceOutbox(self.store, self.name), self.bus)
         self.spawn(self._outbox.run(self._stop))
         cp = await self.store.checkpoint(self.name)
         if cp is not None:
@@ -179,10 +180,11 @@ class ExitBrainService(Service):
         for intent_id in acts.cancels:
             self._outgoing.append(OutboundMessage(
                 "exits", f"cancel-{intent_id}", "cancel", {"intent_id": intent_id, "symbol": ""},
-                now, trace_id))
+                now, trace_id, self.name))
         for intent in acts.intents:
             self._outgoing.append(OutboundMessage(
-                "exits", f"exit-{intent.id}", "exit", to_payload(intent), now, intent.trace_id))
+                "exits", f"exit-{intent.id}", "exit", to_payload(intent), now, intent.trace_id,
+                self.name))
         if self.store is None:
             await self._flush()
 

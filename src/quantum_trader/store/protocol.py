@@ -102,9 +102,11 @@ class TradeStore(Protocol):
         """The last ``trading_state`` audit event written (by insertion order, not ts), or
         None: the state to resume with, so a HALT survives a restart whatever its ts."""
 
-    async def outbox_pending(self, limit: int = 500) -> list[tuple[int, OutboundMessage]]:
+    async def outbox_pending(self, limit: int = 500,
+                             source: str | None = None) -> list[tuple[int, OutboundMessage]]:
         """Up to ``limit`` messages committed but not yet published, as (seq, message),
-        oldest (lowest seq) first."""
+        oldest (lowest seq) first; only ``source``'s when given (each service publishes the
+        messages it committed)."""
 
     async def outbox_done(self, seqs: Sequence[int]) -> None:
         """The bus has these messages: delete them from the outbox."""

@@ -293,7 +293,9 @@ outbox = Table(
     Column("payload", JSON, nullable=False),
     _ms("ts"),
     _str("trace_id"),
+    Column("source", String, nullable=False, server_default=""),
     UniqueConstraint("id"),
+    Index(None, "source", "seq"),
     # Rows are deleted here: SQLite must never hand a deleted seq out again (a publisher
     # still holding it would delete the new message), which plain rowids would once emptied.
     sqlite_autoincrement=True,

@@ -465,8 +465,11 @@ class SqlTradeStore:
         stmt = select(c.id).order_by(c.ts.desc(), c.id.desc()).limit(limit)
         return [r["id"] for r in reversed(await self._all(stmt))]
 
-    async def outbox_pending(self, limit: int = 500) -> list[tuple[int, OutboundMessage]]:
+    async def outbox_pending(self, limit: int = 500,
+                             source: str | None = None) -> list[tuple[int, OutboundMessage]]:
         stmt = select(t.outbox).order_by(t.outbox.c.seq).limit(limit)
+        if source is not None:
+            stmt = stmt.where(t.outbox.c.source == source)
         return [(int(r["seq"]), OUTBOX.from_row(r)) for r in await self._all(stmt)]
 
     async def outbox_done(self, seqs: Sequence[int]) -> None:

@@ -129,10 +129,12 @@ def upgrade() -> None:
         sa.Column("payload", sa.JSON(), nullable=False),
         _ms("ts"),
         _str("trace_id"),
+        sa.Column("source", sa.String(), nullable=False, server_default=""),
         sa.PrimaryKeyConstraint("seq", name="pk_outbox"),
         sa.UniqueConstraint("id", name="uq_outbox_id"),
         sqlite_autoincrement=True,  # a deleted seq is never handed out again
     )
+    op.create_index("ix_outbox_source_seq", "outbox", ["source", "seq"])
     if op.get_context().dialect.name == "postgresql":
         op.execute(_GRANT_OUTBOX_DELETE)
 
