@@ -15,6 +15,7 @@ from quantum_trader.bus.consumer import Consumer, ConsumerEvent, SeenIds, idempo
 from quantum_trader.bus.memory import InMemoryBus
 from quantum_trader.bus.protocol import MAX_MESSAGE_BYTES, Delivery, Message, UnknownGroup
 from quantum_trader.observability.logging import current_trace_id
+from quantum_trader.observability.metrics import REGISTRY
 
 
 class FakeClock:
@@ -418,21 +419,46 @@ def test_arbitrary_bytes_are_handled_or_dead_lettered(raws: list[bytes]) -> None
 
 
 class ForgetfulBus(InMemoryBus):
-    """Loses its groups once, as a Redis restarted without persistence would."""
+    """Loses its groups once (entries stay), as a group deleted by hand would."""
 
     async def forget_groups(self) -> None:
         for stream in self._streams.values():
             stream.groups.clear()
 
 
-async def test_consumer_recreates_a_vanished_group() -> None:
+async def test_consumer_recreates_a_vanished_group_and_rereads_what_the_stream_holds() -> None:
     bus = ForgetfulBus()
     rec = Recorder()
-    consumer = Consumer(bus, "signals", "g", "c", rec)
-    await consumer.run_once()
+    applied: list[int] = []
+
+    async def handler(message: Message) -> None:
+        await rec(message)
+        applied.append(message.payload["n"])
+
+    consumer = Consumer(bus, "signals", "g-forgetful", "c", idempotent(handler))
+    await bus.publish("signals", msg(0))
+    assert await consumer.run_once() == 1
     await bus.forget_groups()
+    await bus.publish("signals", msg(1))
+    # No UnknownGroup: the group is created again at the start of what is retained, so 0 is
+    # delivered again (the idempotent handler skips it) and 1 is read at once.
+    assert await consumer.run_once() == 2
+    assert rec.seen == [0, 1]
+    assert applied == [0, 1]
+    assert await bus.lag("signals", "g-forgetful") == 0
+    count = REGISTRY.get_sample_value("bus_groups_recreated_total",
+                                      {"stream": "signals", "group": "g-forgetful"})
+    assert count == 1
+
+
+class GrouplessBus(InMemoryBus):
+    """Its groups cannot be created: every read raises UnknownGroup."""
+
+    async def ensure_group(self, topic: str, group: str) -> bool:
+        return False
+
+
+async def test_a_group_that_cannot_be_recreated_is_an_error_not_a_spin() -> None:
+    consumer = Consumer(GrouplessBus(), "signals", "g", "c", Recorder())
     with pytest.raises(UnknownGroup):
         await consumer.run_once()
-    await bus.publish("signals", msg(1))
-    assert await consumer.run_once() == 1
-    assert rec.seen == [1]

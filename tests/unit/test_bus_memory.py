@@ -1,7 +1,8 @@
 """Bus semantics (protocol.py), the same tests on the in-memory and the Redis Streams adapter.
 
-Written against a small harness: it builds a bus and makes time pass for idle claims (a fake
-clock in memory, a real sleep on Redis). The ``redis`` cases run on the local Redis
+Written against a small harness: it builds a bus (with the production topic policy on both),
+makes time pass for idle claims (a fake clock in memory, a real sleep on Redis) and can lose
+the bus's data (as a Redis restarted without it would). The ``redis`` cases run on the local Redis
 (``QT_TEST_REDIS_URL``) in a key namespace of their own, deleted afterwards; they fail, never
 skip, if Redis is unreachable. Tests that build an ``InMemoryBus`` directly are memory-only.
 """
@@ -17,16 +18,21 @@ from typing import Any
 
 import pytest
 
+from quantum_trader.bus.consumer import Consumer
 from quantum_trader.bus.memory import InMemoryBus
 from quantum_trader.bus.protocol import (
     DEADLETTER_RAW_BYTES,
     MAX_MESSAGE_BYTES,
+    TOPICS,
     BusFull,
     MalformedMessage,
     Message,
+    PublishIncomplete,
     UnknownGroup,
 )
 from quantum_trader.bus.redis_streams import RedisStreamBus
+from quantum_trader.bus.topics import DEFAULT_POLICY, LOSS_TOLERANT_TOPICS
+from quantum_trader.observability.metrics import REGISTRY
 from tests.support.redis_server import (
     LOCAL_REDIS_URL,
     delete_namespace,
@@ -50,6 +56,7 @@ class FakeClock:
 class Harness:
     make: Callable[..., InMemoryBus | RedisStreamBus]
     idle: Callable[[int], Awaitable[None]]  # let ``ms`` of idle time pass
+    lose_data: Callable[[], Awaitable[None]]  # every stream and group gone, buses still open
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
@@ -57,13 +64,22 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         clock = FakeClock()
 
+        made: list[InMemoryBus] = []
+
         def make(**kwargs: Any) -> InMemoryBus:
-            return InMemoryBus(clock=clock, **kwargs)
+            kwargs.setdefault("policy", DEFAULT_POLICY)  # the Redis bus's default
+            bus = InMemoryBus(clock=clock, **kwargs)
+            made.append(bus)
+            return bus
 
         async def idle(ms: int) -> None:
             clock.advance(ms / 1000)
 
-        yield Harness(make, idle)
+        async def forget() -> None:
+            for bus in made:
+                bus._streams.clear()
+
+        yield Harness(make, idle, forget)
         return
 
     await require_redis()
@@ -83,8 +99,11 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     async def sleep(ms: int) -> None:
         await asyncio.sleep(ms * stretch / 1000)
 
+    async def flush() -> None:
+        await delete_namespace(namespace)
+
     try:
-        yield Harness(make_redis, sleep)
+        yield Harness(make_redis, sleep, flush)
     finally:
         for bus in buses:
             await bus.close()
@@ -436,3 +455,191 @@ async def test_long_stream_trims_and_compacts() -> None:
     assert Message.decode(entries[-1][1]).payload["n"] == 4999
     await bus.ensure_group("market.bars", "late")  # a late group sees what is retained
     assert len(await bus.read("market.bars", "late", "c", count=1000, block_ms=0)) == 100
+
+
+# -- per-topic retention (bus/topics.py) -------------------------------------------------------
+
+
+def kept(entries: list[tuple[str, bytes]]) -> list[int]:
+    return [Message.decode(raw).payload["n"] for _, raw in entries]
+
+
+@pytest.mark.parametrize("topic", sorted(TOPICS))
+async def test_a_group_that_never_reads_blocks_only_lossless_topics(
+        harness: Harness, topic: str) -> None:
+    bus = harness.make(maxlen=3, publish_timeout_s=0.05)
+    await bus.ensure_group(topic, "stopped-service")  # created, then its service went away
+    if topic in LOSS_TOLERANT_TOPICS:
+        for i in range(10):
+            await bus.publish(topic, msg(i))  # never waits
+        assert kept(await bus.entries(topic)) == [7, 8, 9]
+        # The stopped service, back, resumes at the oldest entry still retained.
+        assert await bus.lag(topic, "stopped-service") == 3
+        got = await bus.read(topic, "stopped-service", "c", block_ms=0)
+        assert numbers(got) == [7, 8, 9]
+        assert [d.attempts for d in got] == [1, 1, 1]
+        await bus.ack(topic, "stopped-service", [d.entry_id for d in got])
+        assert await bus.lag(topic, "stopped-service") == 0  # the skipped ones are not lag
+        await bus.publish(topic, msg(10))
+        assert await bus.lag(topic, "stopped-service") == 1
+    else:
+        for i in range(3):
+            await bus.publish(topic, msg(i))
+        with pytest.raises(BusFull):
+            await bus.publish(topic, msg(3))
+        assert kept(await bus.entries(topic)) == [0, 1, 2]
+        assert await bus.lag(topic, "stopped-service") == 3
+
+
+async def test_entries_trimmed_while_pending_are_dropped_not_dead_lettered(
+        harness: Harness) -> None:
+    bus = harness.make(maxlen=3)
+    await bus.ensure_group("market.bars", "g")
+    for i in range(3):
+        await bus.publish("market.bars", msg(i))
+    assert numbers(await bus.read("market.bars", "g", "c", count=2, block_ms=0)) == [0, 1]
+    for i in range(3, 8):  # 0 and 1 are trimmed while still pending in g
+        await bus.publish("market.bars", msg(i))
+    got = await bus.read("market.bars", "g", "c", count=100, block_ms=0)
+    assert numbers(got) == [5, 6, 7]  # all decoded: nothing for the consumer to dead-letter
+    assert await bus.pending_count("market.bars", "g") == 3
+    await bus.ack("market.bars", "g", [d.entry_id for d in got])
+    assert await bus.lag("market.bars", "g") == 0
+    assert await bus.length("deadletter") == 0
+
+
+async def test_trimmed_entries_of_a_dead_consumer_are_not_claimed(harness: Harness) -> None:
+    bus = harness.make(maxlen=2, claim_idle_ms=100)
+    await bus.ensure_group("positions", "g")
+    await bus.publish("positions", msg(0))
+    await bus.publish("positions", msg(1))
+    await bus.read("positions", "g", "dead", block_ms=0)  # 0 and 1 pending with "dead"
+    await bus.publish("positions", msg(2))  # trims 0
+    await harness.idle(150)
+    got = await bus.read("positions", "g", "alive", count=100, block_ms=0)
+    assert numbers(got) == [1, 2]  # 1 claimed from the dead consumer, 2 new; 0 is gone
+    assert all(d.message is not None for d in got)
+    await bus.ack("positions", "g", [d.entry_id for d in got])
+    assert await bus.pending_count("positions", "g") == 0
+
+
+async def test_dead_letters_keep_the_newest_even_with_a_lagging_group(harness: Harness) -> None:
+    bus = harness.make(maxlen=3)
+    await bus.ensure_group("deadletter", "ops")  # an operator tool that stopped reading
+    await bus.ensure_group("signals", "g")
+    for i in range(6):
+        await bus.publish_raw("signals", b"junk %d" % i)
+        [d] = await bus.read("signals", "g", "c", count=100, block_ms=0)
+        await bus.dead_letter(d, "g", "junk")  # never blocks the consumer on a full stream
+    letters = [Message.decode(raw).payload["raw"] for _, raw in await bus.entries("deadletter")]
+    assert letters == ["junk 3", "junk 4", "junk 5"]
+    assert await bus.lag("signals", "g") == 0
+
+
+def gauge(name: str, topic: str, retention: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"stream": topic, "retention": retention})
+
+
+async def test_appends_report_length_and_fill_ratio(harness: Harness) -> None:
+    bus = harness.make(maxlen=4, publish_timeout_s=0.05)
+    await bus.ensure_group("exits", "fast")
+    await bus.ensure_group("exits", "slow")
+    for i in range(3):
+        await bus.publish("exits", msg(i))
+    assert gauge("bus_stream_length", "exits", "until_acked") == 3
+    assert gauge("bus_stream_fill_ratio", "exits", "until_acked") == 0.75
+    # Once busy the stream stays at its bound (it trims only when full); the fill ratio is
+    # what the slowest group has not acked: that, not the length, says publishers will wait.
+    for i in range(3, 10):
+        for group in ("fast", "slow"):
+            got = await bus.read("exits", group, "c", block_ms=0)
+            await bus.ack("exits", group, [d.entry_id for d in got])
+        await bus.publish("exits", msg(i))
+    assert gauge("bus_stream_length", "exits", "until_acked") == 4
+    assert gauge("bus_stream_fill_ratio", "exits", "until_acked") == 0.25
+    got = await bus.read("exits", "slow", "c", block_ms=0)  # "slow" reads, stops acking
+    await bus.publish("exits", msg(10))  # "fast" has not even read it: lag 1
+    await bus.publish("exits", msg(11))
+    assert gauge("bus_stream_fill_ratio", "exits", "until_acked") == 0.75  # 3 unacked
+    await bus.publish("exits", msg(12))
+    with pytest.raises(BusFull):
+        await bus.publish("exits", msg(13))
+    assert gauge("bus_stream_fill_ratio", "exits", "until_acked") == 1.0  # publishers stuck
+    for i in range(6):
+        await bus.publish("heartbeats", msg(i))
+    assert gauge("bus_stream_length", "heartbeats", "newest") == 4
+    assert gauge("bus_stream_fill_ratio", "heartbeats", "newest") == 1.0
+
+
+async def test_publish_many_appends_in_order_and_names_the_prefix(harness: Harness) -> None:
+    bus = harness.make(maxlen=5, publish_timeout_s=0.05)
+    await bus.ensure_group("signals", "g")
+    ids = await bus.publish_many("signals", [msg(i) for i in range(3)])
+    assert [e for e, _ in await bus.entries("signals")] == ids
+    with pytest.raises(PublishIncomplete) as info:
+        await bus.publish_many("signals", [msg(i) for i in range(3, 8)])
+    assert len(info.value.entry_ids) == 2  # room for two; the other three were not appended
+    assert [e for e, _ in await bus.entries("signals")] == ids + info.value.entry_ids
+    with pytest.raises(BusFull) as single:
+        await bus.publish_many("signals", [msg(9)])
+    assert not isinstance(single.value, PublishIncomplete)
+    with pytest.raises(MalformedMessage):
+        await bus.publish_many("heartbeats", [msg(10), msg(11, blob="x" * MAX_MESSAGE_BYTES)])
+    assert await bus.length("heartbeats") == 0  # refused before appending any
+
+
+# -- lost data: groups that vanished (recovery.py) ---------------------------------------------
+
+
+def recreated(topic: str, group: str) -> float:
+    value = REGISTRY.get_sample_value("bus_groups_recreated_total",
+                                      {"stream": topic, "group": group})
+    return value or 0.0
+
+
+async def test_ensure_group_says_whether_it_created(harness: Harness) -> None:
+    bus = harness.make()
+    assert await bus.ensure_group("signals", "g") is True
+    assert await bus.ensure_group("signals", "g") is False
+
+
+async def test_consumer_recreates_its_group_after_data_loss_and_reads_what_came_since(
+        harness: Harness) -> None:
+    bus = harness.make()
+    seen: list[int] = []
+
+    async def handler(message: Message) -> None:
+        seen.append(message.payload["n"])
+
+    group = f"risk-{time.monotonic_ns()}"  # the counter is process-wide: a group of our own
+    consumer = Consumer(bus, "orders.approved", group, "c", handler)
+    await bus.publish("orders.approved", msg(0))
+    assert await consumer.run_once() == 1
+    await harness.lose_data()
+    # Published after the loss, before the consumer noticed: the stream exists, the group not.
+    for i in (1, 2):
+        await bus.publish("orders.approved", msg(i))
+    assert await consumer.run_once() == 2  # no UnknownGroup: recreated and read at once
+    assert seen == [0, 1, 2]
+    assert recreated("orders.approved", group) == 1
+    assert await bus.lag("orders.approved", group) == 0
+    assert await consumer.run_once() == 0
+    assert recreated("orders.approved", group) == 1  # counted once per loss
+
+
+async def test_consumer_recreates_a_group_whose_stream_is_gone_too(harness: Harness) -> None:
+    bus = harness.make()
+    group = f"exit-{time.monotonic_ns()}"
+    seen: list[int] = []
+
+    async def handler(message: Message) -> None:
+        seen.append(message.payload["n"])
+
+    consumer = Consumer(bus, "executions", group, "c", handler)
+    assert await consumer.run_once() == 0
+    await harness.lose_data()  # nothing published since: no stream either
+    assert await consumer.run_once() == 0
+    assert recreated("executions", group) == 1
+    await bus.publish("executions", msg(5))
+    assert await consumer.run_once() == 1
+    assert seen == [5]

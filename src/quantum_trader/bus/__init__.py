@@ -1,7 +1,9 @@
-"""Message bus: the ``Bus`` port, the in-memory adapter and the ``Consumer`` runner."""
+"""Message bus: the ``Bus`` port, the in-memory adapter, the ``Consumer`` runner, the per-topic
+stream policy and the outbox publisher."""
 
 from quantum_trader.bus.consumer import Consumer, ConsumerEvent, SeenIds, idempotent
 from quantum_trader.bus.memory import InMemoryBus
+from quantum_trader.bus.outbox import OutboxPublisher, OutboxStore
 from quantum_trader.bus.protocol import (
     DEADLETTER_TOPIC,
     TOPICS,
@@ -11,12 +13,17 @@ from quantum_trader.bus.protocol import (
     Handler,
     MalformedMessage,
     Message,
+    PublishIncomplete,
     UnknownGroup,
     stream_name,
 )
+from quantum_trader.bus.recovery import recreate_group
+from quantum_trader.bus.topics import DEFAULT_POLICY, LOSSLESS, Retention, TopicPolicy
 
 __all__ = [
     "DEADLETTER_TOPIC",
+    "DEFAULT_POLICY",
+    "LOSSLESS",
     "TOPICS",
     "Bus",
     "BusFull",
@@ -27,8 +34,14 @@ __all__ = [
     "InMemoryBus",
     "MalformedMessage",
     "Message",
+    "OutboxPublisher",
+    "OutboxStore",
+    "PublishIncomplete",
+    "Retention",
     "SeenIds",
+    "TopicPolicy",
     "UnknownGroup",
     "idempotent",
+    "recreate_group",
     "stream_name",
 ]

@@ -5,7 +5,9 @@ At-least-once with an idempotent handler gives an exactly-once effect:
 * ack only after the handler returned, i.e. after its effect is committed;
 * a failed handler leaves the entry pending; the next ``read`` hands it back first (own
   pending), until ``max_attempts``, then it is dead-lettered with the exception text;
-* undecodable entries are dead-lettered at once; the loop always goes on to the next entry.
+* undecodable entries are dead-lettered at once; the loop always goes on to the next entry;
+* a group that vanished (Redis lost its data) is created again and the read retried at once
+  (recovery.py), so the consumer picks up whatever was published since.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from quantum_trader.bus.protocol import (
     UnknownGroup,
     stream_name,
 )
+from quantum_trader.bus.recovery import recreate_group
 from quantum_trader.observability.logging import get_logger, trace_context
 
 __all__ = ["Consumer", "ConsumerEvent", "MetricsHook", "SeenIds", "idempotent"]
@@ -139,6 +142,7 @@ class Consumer:
         self.handled = 0
         self.failed = 0
         self._group_ready = False
+        self._group_lost = False  # it existed, then a read found it gone
         self._stop = asyncio.Event()
         self._running = False
         self._done = asyncio.Event()
@@ -152,9 +156,13 @@ class Consumer:
         return await self.bus.lag(self.topic, self.group)
 
     async def _ensure_group(self) -> None:
-        if not self._group_ready:
+        if self._group_ready:
+            return
+        if self._group_lost:  # counted and logged, even if the first try to recreate failed
+            await recreate_group(self.bus, self.topic, self.group, self.consumer_name)
+        else:
             await self.bus.ensure_group(self.topic, self.group)
-            self._group_ready = True
+        self._group_ready, self._group_lost = True, False
 
     # -- one batch ------------------------------------------------------------------------------
 
@@ -169,10 +177,12 @@ class Consumer:
             return await self.bus.read(self.topic, self.group, self.consumer_name,
                                        count=self.batch, block_ms=block_ms)
         except UnknownGroup:
-            # The group vanished (e.g. Redis restarted without persistence): recreate it on
-            # the next try instead of failing forever.
-            self._group_ready = False
-            raise
+            # The group vanished (e.g. Redis restarted without its data): create it again,
+            # from the start of what the stream holds now, and read what was published since.
+            self._group_ready, self._group_lost = False, True
+        await self._ensure_group()
+        return await self.bus.read(self.topic, self.group, self.consumer_name,
+                                   count=self.batch, block_ms=block_ms)
 
     async def _process(self, deliveries: list[Delivery]) -> int:
         done = 0

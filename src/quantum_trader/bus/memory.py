@@ -8,8 +8,12 @@ It keeps the Redis semantics on purpose so the same tests pass on both adapters:
   count, last delivery time;
 * ``read`` = own pending (XREADGROUP 0) + idle entries of other consumers (XAUTOCLAIM) + new
   entries (XREADGROUP >), each re-delivery counting as an attempt;
-* bounded streams: trimming drops only the oldest entries every group has acked; when a stream
-  is full of unacked entries ``publish`` waits for acks, then raises ``BusFull``.
+* bounded streams, per the topic's ``Retention`` (topics.py): ``NEWEST`` trims the oldest
+  entries whatever the groups (entries trimmed while pending stay in the PEL, as on Redis, and
+  a read drops them instead of delivering them); ``UNTIL_ACKED`` trims only the oldest entries
+  every group has acked, and when the stream is full of unacked entries ``publish`` waits for
+  acks, then raises ``BusFull``. The default policy here is ``LOSSLESS`` (every topic waits):
+  backtests and the paper runner pace a replay by that backpressure.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from quantum_trader.bus.protocol import (
@@ -27,10 +31,12 @@ from quantum_trader.bus.protocol import (
     Delivery,
     MalformedMessage,
     Message,
+    PublishIncomplete,
     UnknownGroup,
     deadletter_message,
     stream_name,
 )
+from quantum_trader.bus.topics import LOSSLESS, StreamGauges, TopicPolicy
 
 __all__ = ["BusFull", "InMemoryBus", "PendingEntry"]
 
@@ -76,9 +82,11 @@ class _Group:
 class _Stream:
     """Append-only log with O(1) amortised trimming from the head."""
 
-    __slots__ = ("freed", "groups", "head", "last_id", "offset", "order", "published", "raws")
+    __slots__ = ("freed", "groups", "head", "keep_newest", "last_id", "offset", "order",
+                 "published", "raws")
 
-    def __init__(self) -> None:
+    def __init__(self, keep_newest: bool = False) -> None:
+        self.keep_newest = keep_newest  # Retention.NEWEST: trim whatever the groups
         self.raws: dict[EntryId, bytes] = {}
         # order[head:] are the live ids; absolute index of order[i] is offset + i. Trimmed ids
         # stay in the prefix until compaction, so trimming never shifts a list per entry.
@@ -115,11 +123,21 @@ class _Stream:
     def _trimmable(self, index: int, entry_id: EntryId) -> bool:
         return all(g.next_index > index and entry_id not in g.pel for g in self.groups.values())
 
+    def held(self) -> int:
+        """Entries the stream must keep: all if it keeps the newest, else the largest group
+        lag (undelivered + pending), which is what stops publishers when it reaches maxlen."""
+        if self.keep_newest:
+            return len(self.raws)
+        first, end = self.first_index, self.end_index
+        lags = (end - max(g.next_index, first) + len(g.pel) for g in self.groups.values())
+        return min(max(lags, default=0), len(self.raws))
+
     def make_room(self, maxlen: int) -> bool:
-        """Trim acked entries from the head until there is room for one more."""
+        """Trim from the head until there is room for one more: any entry if the stream keeps
+        the newest, else only entries every group has acked."""
         while len(self.raws) >= maxlen and self.head < len(self.order):
             entry_id = self.order[self.head]
-            if not self._trimmable(self.first_index, entry_id):
+            if not self.keep_newest and not self._trimmable(self.first_index, entry_id):
                 break  # only the oldest may go, like XTRIM: never skip past an unacked one
             del self.raws[entry_id]
             self.head += 1
@@ -172,10 +190,13 @@ class InMemoryBus:
         claim_idle_ms: int = 30_000,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        policy: TopicPolicy = LOSSLESS,
     ) -> None:
         if maxlen < 1:
             raise ValueError("maxlen must be >= 1")
         self.maxlen = maxlen
+        self.policy = policy
+        self._gauges = StreamGauges(policy, maxlen)
         self.publish_timeout_s = publish_timeout_s
         self.claim_idle_ms = claim_idle_ms
         self._clock = clock  # idle time for claims; injectable so tests need not sleep
@@ -189,7 +210,7 @@ class InMemoryBus:
         name = stream_name(topic)
         stream = self._streams.get(name)
         if stream is None:
-            stream = self._streams[name] = _Stream()
+            stream = self._streams[name] = _Stream(self.policy.keeps_newest(name))
         return stream
 
     def _group(self, topic: str, group: str) -> tuple[_Stream, _Group]:
@@ -215,13 +236,37 @@ class InMemoryBus:
                 f"message {message.id} of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
         return await self.publish_raw(topic, raw)
 
+    async def publish_many(self, topic: str, messages: Sequence[Message]) -> list[str]:
+        """Append in order (the Redis bus's batch form, for code written against both).
+        Refuses an oversized message before appending any; ``PublishIncomplete`` says what got
+        in when the stream stayed full."""
+        raws = []
+        for message in messages:
+            raw = message.encode()
+            if len(raw) > MAX_MESSAGE_BYTES:
+                raise MalformedMessage(
+                    f"message {message.id} of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+            raws.append(raw)
+        ids: list[str] = []
+        for raw in raws:
+            try:
+                ids.append(await self.publish_raw(topic, raw))
+            except BusFull as exc:
+                if len(raws) == 1:
+                    raise
+                raise PublishIncomplete(f"{exc}; {len(ids)} of {len(raws)} appended",
+                                        ids) from None
+        return ids
+
     async def publish_raw(self, topic: str, raw: bytes) -> str:
         """Append bytes as they are, unchecked: for tests and fault injection."""
         self._check_open()
         stream = self._stream(topic)
         if not stream.make_room(self.maxlen):
+            self._gauges.observe(topic, len(stream), len(stream))  # full: publishers wait
             await self._wait_for_room(topic, stream)
         entry_id = stream.append(bytes(raw), self._now_ms())
+        self._gauges.observe(topic, len(stream), stream.held())
         stream.signal("published")
         return _format_id(entry_id)
 
@@ -245,11 +290,13 @@ class InMemoryBus:
 
     # -- consuming -------------------------------------------------------------------------
 
-    async def ensure_group(self, topic: str, group: str) -> None:
+    async def ensure_group(self, topic: str, group: str) -> bool:
         stream = self._stream(topic)
-        if group not in stream.groups:
-            # "Start at the beginning" = everything still retained, like XGROUP CREATE ... 0.
-            stream.groups[group] = _Group(next_index=stream.first_index)
+        if group in stream.groups:
+            return False
+        # "Start at the beginning" = everything still retained, like XGROUP CREATE ... 0.
+        stream.groups[group] = _Group(next_index=stream.first_index)
+        return True
 
     async def read(self, topic: str, group: str, consumer: str, count: int = 100,
                    block_ms: int = 1000) -> list[Delivery]:
@@ -274,25 +321,41 @@ class InMemoryBus:
                  count: int) -> list[Delivery]:
         now = self._clock()
         out: list[Delivery] = []
-        # 1. This consumer's own pending entries: what it had when it crashed or failed.
-        for entry_id, pend in grp.pel.items():
-            if len(out) >= count:
-                return out
-            if pend.consumer == consumer:
-                pend.deliveries += 1
-                pend.delivered_at = now
-                out.append(_delivery(topic, entry_id, stream.raws[entry_id], pend.deliveries))
-        # 2. Entries another consumer has sat on too long (presumed dead): XAUTOCLAIM.
-        idle_s = self.claim_idle_ms / 1000
-        for entry_id, pend in grp.pel.items():
-            if len(out) >= count:
-                return out
-            if pend.consumer != consumer and now - pend.delivered_at >= idle_s:
-                pend.consumer = consumer
-                pend.deliveries += 1
-                pend.delivered_at = now
-                out.append(_delivery(topic, entry_id, stream.raws[entry_id], pend.deliveries))
-        # 3. New entries, advancing the group's cursor.
+        # Entries trimmed while pending (only a NEWEST stream trims those) leave the PEL when a
+        # read meets them, as on Redis: the newest data replaces them, nothing to dead-letter.
+        gone: list[EntryId] = []
+        try:
+            # 1. This consumer's own pending entries: what it had when it crashed or failed.
+            for entry_id, pend in grp.pel.items():
+                if len(out) >= count:
+                    return out
+                if pend.consumer == consumer:
+                    raw = stream.raws.get(entry_id)
+                    if raw is None:
+                        gone.append(entry_id)
+                        continue
+                    pend.deliveries += 1
+                    pend.delivered_at = now
+                    out.append(_delivery(topic, entry_id, raw, pend.deliveries))
+            # 2. Entries another consumer has sat on too long (presumed dead): XAUTOCLAIM.
+            idle_s = self.claim_idle_ms / 1000
+            for entry_id, pend in grp.pel.items():
+                if len(out) >= count:
+                    return out
+                raw = stream.raws.get(entry_id)
+                if raw is None:
+                    gone.append(entry_id)  # XAUTOCLAIM drops deleted entries, idle or not
+                    continue
+                if pend.consumer != consumer and now - pend.delivered_at >= idle_s:
+                    pend.consumer = consumer
+                    pend.deliveries += 1
+                    pend.delivered_at = now
+                    out.append(_delivery(topic, entry_id, raw, pend.deliveries))
+        finally:
+            for entry_id in gone:
+                grp.pel.pop(entry_id, None)
+        # 3. New entries, advancing the group's cursor (past what was trimmed unread).
+        grp.next_index = max(grp.next_index, stream.first_index)
         while len(out) < count and grp.next_index < stream.end_index:
             entry_id = stream.id_at(grp.next_index)
             grp.next_index += 1
@@ -327,7 +390,7 @@ class InMemoryBus:
 
     async def lag(self, topic: str, group: str) -> int:
         stream, grp = self._group(topic, group)
-        return (stream.end_index - grp.next_index) + len(grp.pel)
+        return (stream.end_index - max(grp.next_index, stream.first_index)) + len(grp.pel)
 
     async def pending(self, topic: str, group: str) -> list[PendingEntry]:
         """PEL rows in entry order (XPENDING with details)."""

@@ -13,16 +13,19 @@ Semantics (DESIGN.md section 4), the same for every adapter:
   ``MalformedMessage`` (a clear error at the source, rather than a dead letter later).
 * ``read`` with ``block_ms <= 0`` returns at once; it never blocks forever.
 * ``read``, ``pending_count`` and ``lag`` on a group that was never created raise
-  ``UnknownGroup``; ``ack`` on one is a no-op.
+  ``UnknownGroup``; ``ack`` on one is a no-op. A group can also vanish (Redis restarted without
+  its data): readers then create it again (``recovery.recreate_group``) and carry on.
+* every stream is bounded; what happens at the bound is the topic's ``Retention`` (topics.py):
+  loss-tolerant topics keep their newest entries, all others wait for acks, then ``BusFull``.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 STREAM_PREFIX = "qt:"
 DEADLETTER_TOPIC = "deadletter"
@@ -48,6 +51,15 @@ class MalformedMessage(ValueError):
 
 class BusFull(RuntimeError):
     """``publish`` waited ``publish_timeout_s`` for consumers to ack and free room, in vain."""
+
+
+class PublishIncomplete(BusFull):
+    """``publish_many`` appended only the first ``len(entry_ids)`` messages before the stream
+    stayed full for ``publish_timeout_s``; the rest were not appended."""
+
+    def __init__(self, message: str, entry_ids: list[str]) -> None:
+        super().__init__(message)
+        self.entry_ids = entry_ids
 
 
 class UnknownGroup(LookupError):
@@ -140,8 +152,9 @@ class Bus(Protocol):
     async def publish(self, topic: str, message: Message) -> str:
         """Append and return the entry id. May wait (backpressure), never drops."""
 
-    async def ensure_group(self, topic: str, group: str) -> None:
-        """Create ``group`` on ``topic`` if missing; new groups start at the beginning."""
+    async def ensure_group(self, topic: str, group: str) -> bool:
+        """Create ``group`` on ``topic`` if missing; new groups start at the beginning.
+        True if this call created it."""
 
     async def read(self, topic: str, group: str, consumer: str, count: int = 100,
                    block_ms: int = 1000) -> list[Delivery]:
@@ -159,3 +172,11 @@ class Bus(Protocol):
         """Entries not yet delivered to ``group`` plus entries delivered but not acked."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchPublisher(Protocol):
+    """A bus that can append several messages to one topic in one go (both adapters can)."""
+
+    async def publish_many(self, topic: str, messages: Sequence[Message]) -> list[str]:
+        """Append in order; ``PublishIncomplete`` names the appended prefix if not all fit."""

@@ -9,10 +9,14 @@ Same semantics as ``InMemoryBus`` (protocol.py), mapped onto Redis:
   consumers' PELs (XAUTOCLAIM) + new entries (XREADGROUP ``>``), done by one Lua script so a
   batch costs one round trip; ``attempts`` is the PEL delivery count, which both XREADGROUP
   ``0`` and XAUTOCLAIM increment;
-* bounded streams: a Lua script trims (XTRIM MINID) only entries below the oldest entry some
-  group still needs (its oldest pending entry, or the first one after its last-delivered id),
-  and appends only while the stream holds fewer than ``maxlen`` entries. Otherwise ``publish``
-  polls for acks to free room and raises ``BusFull`` after ``publish_timeout_s``;
+* bounded streams, per the topic's ``Retention`` (topics.py), in the append script: ``NEWEST``
+  appends with exact ``XADD MAXLEN`` (the newest ``maxlen`` entries stay, whatever the groups;
+  the read script acks entries trimmed while pending instead of delivering them).
+  ``UNTIL_ACKED`` trims (XTRIM MINID) only entries below the oldest entry some group still
+  needs (its oldest pending entry, or the first one after its last-delivered id), and appends
+  only while the stream holds fewer than ``maxlen`` entries. Otherwise ``publish`` polls for
+  acks to free room and raises ``BusFull`` after ``publish_timeout_s``. Every append sets the
+  ``bus_stream_length`` / ``bus_stream_fill_ratio`` gauges;
 * publishes go through a per-stream outbox: concurrent ``publish`` calls share one script
   call (group commit), in call order; ``publish_many`` sends a batch in one round trip;
 * connection errors, timeouts and LOADING (a restarting Redis) are retried with backoff for
@@ -58,10 +62,12 @@ from quantum_trader.bus.protocol import (
     Delivery,
     MalformedMessage,
     Message,
+    PublishIncomplete,
     UnknownGroup,
     deadletter_message,
     stream_name,
 )
+from quantum_trader.bus.topics import DEFAULT_POLICY, StreamGauges, TopicPolicy, topic_of
 from quantum_trader.observability.logging import get_logger
 
 __all__ = ["PublishIncomplete", "RedisStreamBus"]
@@ -77,12 +83,23 @@ _TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutE
 _APPEND_CHUNK = 500  # messages per append script call: bounded script run time
 _CLAIM_ROUNDS = 8  # XAUTOCLAIM calls per read (each scans <= 10 x count PEL rows)
 
-# Trim what no group needs any more, then append as many messages as fit under maxlen.
-# KEYS[1] stream; ARGV[1] maxlen; ARGV[2..] encoded messages. Returns "<length> <id> <id>...".
+# NEWEST: append everything, keeping the newest maxlen. UNTIL_ACKED: trim what no group needs
+# any more, then append as many messages as fit under maxlen.
+# KEYS[1] stream; ARGV[1] maxlen; ARGV[2] "1" for NEWEST; ARGV[3..] encoded messages.
+# Returns "<length> <held> <id> <id>...", held = the entries the stream must keep: NEWEST, its
+# length; UNTIL_ACKED, the largest group lag (undelivered + pending), or the length if full.
 _APPEND_LUA = r"""
 local key = KEYS[1]
 local maxlen = tonumber(ARGV[1])
-local n = #ARGV - 1
+local n = #ARGV - 2
+if ARGV[2] == '1' then
+  local ids = {}
+  for i = 1, n do
+    ids[i] = redis.call('XADD', key, 'MAXLEN', maxlen, '*', 'd', ARGV[i + 2])
+  end
+  local len = redis.call('XLEN', key)
+  return len .. ' ' .. len .. ' ' .. table.concat(ids, ' ')
+end
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -125,13 +142,29 @@ if need > 0 and len > 0 then
 end
 local ids = {}
 for i = 1, math.min(n, maxlen - len) do
-  ids[i] = redis.call('XADD', key, '*', 'd', ARGV[i + 1])
+  ids[i] = redis.call('XADD', key, '*', 'd', ARGV[i + 2])
 end
-return (len + #ids) .. ' ' .. table.concat(ids, ' ')
+len = len + #ids
+-- A full stream keeps trimming only what every group acked, so its length says little about
+-- how close publishers are to waiting: the slowest group's lag does (the fill-ratio gauge).
+local held = 0
+if #ids < n then
+  held = len
+else
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    local lag = info['lag'] and (info['lag'] + info['pending']) or len  -- nil after an XDEL
+    if lag > held then held = lag end
+  end
+  if held > len then held = len end
+end
+return len .. ' ' .. held .. ' ' .. table.concat(ids, ' ')
 """
 
 # One read: own pending, then claims of idle entries, then new ones.
-# KEYS[1] stream; ARGV: group, consumer, count, min idle ms, XAUTOCLAIM cursor, claim rounds.
+# KEYS[1] stream; ARGV: group, consumer, count, min idle ms, XAUTOCLAIM cursor, claim rounds,
+# "1" if the stream keeps the newest (entries trimmed while pending are then acked, not sent).
 # Returns one string, "<cursor> <last-delivered-id or ->\n" then per entry
 # "<id> <attempts> <kind> <size>\n<data>",
 # kind d = the message bytes, x = entry deleted, f = no 'd' field (data = the fields). One
@@ -140,6 +173,7 @@ _READ_LUA = r"""
 local key, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local count = tonumber(ARGV[3])
 local cursor = ARGV[5]
+local newest = ARGV[7] == '1'
 local parts, n, seen = {}, 0, {}
 local function emit(id, attempts, fields)
   local kind, data = 'x', ''
@@ -155,6 +189,18 @@ local function emit(id, attempts, fields)
   parts[#parts + 1] = id .. ' ' .. attempts .. ' ' .. kind .. ' ' .. #data .. '\n'
   parts[#parts + 1] = data
 end
+local function last_delivered()
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+    for i = 1, #g, 2 do
+      if g[i] == 'name' and g[i + 1] == group then
+        for j = 1, #g, 2 do
+          if g[j] == 'last-delivered-id' then return g[j + 1] end
+        end
+      end
+    end
+  end
+  return '0-0'
+end
 local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
                      'STREAMS', key, '0')
 local own = r[1][2]
@@ -162,7 +208,13 @@ if #own > 0 then
   local counts = {}
   local rows = redis.call('XPENDING', key, group, own[1][1], own[#own][1], #own, consumer)
   for _, p in ipairs(rows) do counts[p[1]] = p[4] end
-  for _, e in ipairs(own) do emit(e[1], counts[e[1]] or 1, e[2]) end
+  for _, e in ipairs(own) do
+    if e[2] or not newest then
+      emit(e[1], counts[e[1]] or 1, e[2])
+    else
+      redis.call('XACK', key, group, e[1])
+    end
+  end
 end
 local rounds = tonumber(ARGV[6])
 while n < count and rounds > 0 do
@@ -174,10 +226,32 @@ while n < count and rounds > 0 do
     emit(e[1], p[1] and p[1][4] or 1, e[2])
   end
   -- Deleted entries XAUTOCLAIM dropped from the PEL (idle or not; ours included).
-  for _, id in ipairs(c[3] or {}) do
-    if not seen[id] then emit(id, 1, false) end
+  if not newest then
+    for _, id in ipairs(c[3] or {}) do
+      if not seen[id] then emit(id, 1, false) end
+    end
   end
   if cursor == '0-0' then break end
+end
+if newest and n < count then
+  -- Entries after the group's cursor were trimmed unread: move the cursor to just before the
+  -- oldest retained entry. Redis would otherwise count the skipped entries as read-ahead lag
+  -- forever; from here it estimates the group's read counter, and so its lag, exactly.
+  local first = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
+  if first then
+    local fm, fs = string.match(first[1], '^(%d+)-(%d+)$')
+    local lm, ls = string.match(last_delivered(), '^(%d+)-(%d+)$')
+    fm, fs, lm, ls = tonumber(fm), tonumber(fs), tonumber(lm), tonumber(ls)
+    if lm < fm or (lm == fm and ls + 1 < fs) then
+      local before
+      if fs > 0 then
+        before = string.format('%.0f-%.0f', fm, fs - 1)
+      else
+        before = string.format('%.0f', fm - 1) .. '-18446744073709551615'
+      end
+      redis.call('XGROUP', 'SETID', key, group, before)
+    end
+  end
 end
 if n < count then
   local new = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count - n,
@@ -188,17 +262,7 @@ if n < count then
 end
 -- Nothing to deliver: say up to where this group has read, for the caller's blocking XREAD.
 local last = '-'
-if n == 0 then
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
-    for i = 1, #g, 2 do
-      if g[i] == 'name' and g[i + 1] == group then
-        for j = 1, #g, 2 do
-          if g[j] == 'last-delivered-id' then last = g[j + 1] end
-        end
-      end
-    end
-  end
-end
+if n == 0 then last = last_delivered() end
 return cursor .. ' ' .. last .. '\n' .. table.concat(parts)
 """
 
@@ -224,17 +288,9 @@ class _Queued:
 
 @dataclass(slots=True)
 class _Outbox:
+    topic: str  # without the prefix: the policy's and the gauges' name for the stream
     items: deque[_Queued] = field(default_factory=deque)
     task: asyncio.Task[None] | None = None
-
-
-class PublishIncomplete(BusFull):
-    """``publish_many`` appended only the first ``len(entry_ids)`` messages before the stream
-    stayed full for ``publish_timeout_s``; the rest were not appended."""
-
-    def __init__(self, message: str, entry_ids: list[str]) -> None:
-        super().__init__(message)
-        self.entry_ids = entry_ids
 
 
 def _text(value: bytes | str) -> str:
@@ -281,12 +337,15 @@ class RedisStreamBus:
         reconnect_timeout_s: float = 30.0,
         socket_timeout_s: float = 5.0,
         client: Redis | None = None,
+        policy: TopicPolicy = DEFAULT_POLICY,
     ) -> None:
         if maxlen < 1:
             raise ValueError("maxlen must be >= 1")
         if socket_timeout_s <= 0:
             raise ValueError("socket_timeout_s must be > 0")
         self.maxlen = maxlen
+        self.policy = policy
+        self._gauges = StreamGauges(policy, maxlen)
         self.publish_timeout_s = publish_timeout_s
         # >= 1: an entry this read just re-delivered has idle 0 and must not be claimed again.
         self.claim_idle_ms = max(1, claim_idle_ms)
@@ -327,12 +386,13 @@ class RedisStreamBus:
         namespace: str = "",
         *,
         reconnect_timeout_s: float = 30.0,
+        policy: TopicPolicy = DEFAULT_POLICY,
     ) -> RedisStreamBus:
         """Use an existing client (``decode_responses=False``). ``close()`` leaves it open:
         whoever made it owns it."""
         return cls(maxlen=maxlen, publish_timeout_s=publish_timeout_s,
                    claim_idle_ms=claim_idle_ms, namespace=namespace,
-                   reconnect_timeout_s=reconnect_timeout_s, client=client)
+                   reconnect_timeout_s=reconnect_timeout_s, client=client, policy=policy)
 
     @property
     def client(self) -> Redis:
@@ -415,10 +475,12 @@ class RedisStreamBus:
         """Append bytes as they are, unchecked: for tests and fault injection."""
         return (await self._append_all(topic, [bytes(raw)]))[0]
 
-    async def _append(self, key: str, raws: list[bytes]) -> tuple[int, list[str]]:
+    async def _append(self, key: str, topic: str, raws: list[bytes]) -> tuple[int, list[str]]:
+        newest = b"1" if self.policy.keeps_newest(topic) else b"0"
         reply: bytes = await self._call(
-            lambda: self._append_script(keys=[key], args=[self.maxlen, *raws]))
-        length, *ids = reply.decode().split()
+            lambda: self._append_script(keys=[key], args=[self.maxlen, newest, *raws]))
+        length, held, *ids = reply.decode().split()
+        self._gauges.observe(topic, int(length), int(held))
         return int(length), ids
 
     async def _append_all(self, topic: str, raws: list[bytes]) -> list[str]:
@@ -435,7 +497,7 @@ class RedisStreamBus:
         loop = asyncio.get_running_loop()
         box = self._outboxes.get(key)
         if box is None:
-            box = self._outboxes[key] = _Outbox()
+            box = self._outboxes[key] = _Outbox(topic_of(stream_name(topic)))
         call = object()  # the items of one call live or fail together (see _refuse)
         queued = [_Queued(raw, loop.create_future(), call) for raw in raws]
         box.items.extend(queued)
@@ -467,7 +529,7 @@ class RedisStreamBus:
                          if not i.future.done()]
                 if not batch:
                     return
-                length, ids = await self._append(key, [i.raw for i in batch])
+                length, ids = await self._append(key, box.topic, [i.raw for i in batch])
                 for item, entry_id in zip(batch, ids, strict=False):
                     if not item.future.done():
                         item.future.set_result(entry_id)
@@ -517,13 +579,15 @@ class RedisStreamBus:
 
     # -- consuming -------------------------------------------------------------------------
 
-    async def ensure_group(self, topic: str, group: str) -> None:
+    async def ensure_group(self, topic: str, group: str) -> bool:
         key = self.key(topic)
         try:
             await self._call(lambda: self._redis.xgroup_create(key, group, id="0", mkstream=True))
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+            return False
+        return True
 
     async def read(self, topic: str, group: str, consumer: str, count: int = 100,
                    block_ms: int = 1000) -> list[Delivery]:
@@ -556,9 +620,12 @@ class RedisStreamBus:
         try:
             reply = await self._call(lambda: self._read_script(
                 keys=[key],
-                args=[group, consumer, count, self.claim_idle_ms, cursor, _CLAIM_ROUNDS]))
+                args=[group, consumer, count, self.claim_idle_ms, cursor, _CLAIM_ROUNDS,
+                      "1" if self.policy.keeps_newest(topic) else "0"]))
         except ResponseError as exc:
             if _is_nogroup(exc):
+                # A group created again starts a new PEL: scan it from the start.
+                self._claim_cursors.pop(cursor_key, None)
                 raise UnknownGroup(f"no group {group!r} on {key!r}") from None
             raise
         blob = bytes(reply)
@@ -641,6 +708,10 @@ class RedisStreamBus:
             key = self.key(topic)
             undelivered = await self._call(
                 lambda: self._count_script(keys=[key], args=[last]))
+        elif self.policy.keeps_newest(topic):
+            # Redis's lag counts entries trimmed before the group read them; only retained
+            # ones can still be delivered (all of them, if the group is behind the head).
+            undelivered = min(int(undelivered), await self.length(topic))
         return int(undelivered) + int(info["pending"])
 
     async def pending(self, topic: str, group: str) -> list[PendingEntry]:

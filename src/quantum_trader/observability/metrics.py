@@ -71,3 +71,21 @@ NOTIFICATIONS = Counter("notifications",
                         "Operator notifications by channel and outcome "
                         "(queued, sent, failed, dropped)", ["channel", "outcome"],
                         registry=REGISTRY)
+BUS_STREAM_LENGTH = Gauge("bus_stream_length",
+                          "Entries retained in a bus stream, as its last append left it",
+                          ["stream", "retention"], registry=REGISTRY)
+BUS_STREAM_FILL_RATIO = Gauge("bus_stream_fill_ratio",
+                              "Share of a bus stream's bound taken by entries it must keep "
+                              "(0-1): the slowest group's lag on until_acked streams, where 1 "
+                              "makes publishers wait, then fail (BusFull); the length on newest",
+                              ["stream", "retention"], registry=REGISTRY)
+BUS_GROUPS_RECREATED = Counter("bus_groups_recreated",
+                               "Consumer groups found missing (e.g. Redis lost its data) and "
+                               "created again; what they had pending was lost",
+                               ["stream", "group"], registry=REGISTRY)
+OUTBOX_PENDING = Gauge("outbox_pending",
+                       "Committed messages not yet published from the outbox (capped at one "
+                       "batch: the publisher reads it a batch at a time)", registry=REGISTRY)
+OUTBOX_PUBLISHED = Counter("outbox_published",
+                           "Outbox messages the bus acknowledged and the store marked done",
+                           ["topic"], registry=REGISTRY)

@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from quantum_trader.bus.consumer import Consumer, ConsumerEvent
-from quantum_trader.bus.protocol import Bus, Message, stream_name
+from quantum_trader.bus.protocol import Bus, Message, UnknownGroup, stream_name
+from quantum_trader.bus.recovery import recreate_group
 from quantum_trader.config import Settings
 from quantum_trader.observability.http_metrics import HttpMetricsMiddleware
 from quantum_trader.observability.logging import get_logger
@@ -188,6 +189,13 @@ class Service:
             try:
                 deliveries = await self.bus.read(HEARTBEATS, self.name, self.consumer_name,
                                                  count=500, block_ms=500)
+            except UnknownGroup:
+                # Redis lost its data: our group went with it. Create it again and read on.
+                try:
+                    await recreate_group(self.bus, HEARTBEATS, self.name, self.consumer_name)
+                except Exception:
+                    await asyncio.sleep(0.5)
+                continue
             except Exception:
                 await asyncio.sleep(0.5)
                 continue
@@ -215,7 +223,13 @@ class Service:
         return check
 
     async def _check_bus(self) -> str | None:
-        await self.bus.pending_count(HEARTBEATS, self.name)
+        try:
+            await self.bus.pending_count(HEARTBEATS, self.name)
+        except UnknownGroup:
+            # Redis answers but lost its data (restarted without it): not DOWN. Recreate the
+            # group (counted in bus_groups_recreated_total) and check once more.
+            await recreate_group(self.bus, HEARTBEATS, self.name, "health")
+            await self.bus.pending_count(HEARTBEATS, self.name)
         return None
 
     async def _check_store(self) -> str | None:
