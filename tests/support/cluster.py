@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -99,19 +100,21 @@ class Cluster:
 
 
 @contextmanager
-def cluster(tmp: Path, **overrides: Any) -> Iterator[Cluster]:
-    """A fresh PostgreSQL database, a Redis namespace, a config file; services not started."""
+def cluster(tmp: Path, *, redis_url: str = "redis://127.0.0.1:6379/0", pg_admin: str = PG_ADMIN,
+            **overrides: Any) -> Iterator[Cluster]:
+    """A fresh PostgreSQL database, a Redis namespace, a config file; services not started.
+    ``redis_url``/``pg_admin``: servers of the test's own (e.g. ones it restarts)."""
     dbname = f"qt_dist_{uuid.uuid4().hex[:10]}"
 
     async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
+        conn = await asyncpg.connect(pg_admin)
         try:
             await conn.execute(sql)
         finally:
             await conn.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{dbname}"'))
-    db_url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + \
+    db_url = pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + \
         f"/{dbname}"
     namespace = f"qttest{uuid.uuid4().hex[:8]}"
     key = tmp / "hmac.key"
@@ -124,6 +127,7 @@ def cluster(tmp: Path, **overrides: Any) -> Iterator[Cluster]:
         "paths": {"state_dir": str(tmp / "var"), "registry_dir": str(tmp / "models")},
         "strategy": {"kind": "ema_cross"},
         "services": {"bus": "redis", "bus_namespace": namespace, "ports": ports,
+                     "redis_url": redis_url,
                      "heartbeat_interval_s": 0.25, "heartbeat_stale_s": 1.5,
                      "replay_max_bars": 300},
     }
@@ -147,10 +151,10 @@ def cluster(tmp: Path, **overrides: Any) -> Iterator[Cluster]:
     finally:
         c.stop_all()
         os.environ.pop("QT_SECRETS__APPROVAL_HMAC_KEY_FILE", None)
-        subprocess.run(["redis-cli", "--scan", "--pattern", f"{namespace}*"],
-                       capture_output=True)
-        keys = subprocess.run(["redis-cli", "--scan", "--pattern", f"*{namespace}*"],
+        cli = ["redis-cli", "-u", redis_url]
+        keys = subprocess.run([*cli, "--scan", "--pattern", f"*{namespace}*"],
                               capture_output=True, text=True).stdout.split()
         if keys:
-            subprocess.run(["redis-cli", "del", *keys], capture_output=True)
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+            subprocess.run([*cli, "del", *keys], capture_output=True)
+        with contextlib.suppress(Exception):
+            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))

@@ -174,18 +174,28 @@ async def test_kick_publishes_at_once_and_the_poll_catches_a_missed_kick() -> No
     assert [m.payload["n"] for m in await stream(bus, "signals")] == [1, 2]
 
 
-async def test_a_full_stream_holds_back_only_its_own_topic() -> None:
+async def test_nothing_is_published_before_what_was_committed_earlier() -> None:
+    """Execution commits a bar's fills, then the account that includes them: whoever reads
+    the account must find the fills already on the bus. A full stream therefore holds back
+    what was committed after it, on any topic."""
     bus, outbox = make_bus(maxlen=2, publish_timeout_s=0.05), MemoryOutbox()
-    await bus.ensure_group("signals", "risk-safety")  # stopped: never acks
-    outbox.commit(*(outbound("signals", n) for n in range(4)))
-    positions = outbox.commit(*(outbound("positions", n) for n in range(4)))
+    await bus.ensure_group("executions", "exit-brain")  # stopped: never acks
+    fills = outbox.commit(*(outbound("executions", n) for n in range(4)))
+    accounts = outbox.commit(*(outbound("positions", n) for n in range(2)))
     publisher = OutboxPublisher(outbox, bus)
     with pytest.raises(BusFull):
         await publisher.drain()
-    assert set(positions) <= outbox.done
-    assert len(await stream(bus, "positions")) == 2  # loss-tolerant: the newest two retained
-    assert [m.payload["n"] for m in await stream(bus, "signals")] == [0, 1]
-    assert len(outbox.pending()) == 2
+    assert [m.payload["n"] for m in await stream(bus, "executions")] == [0, 1]
+    assert await stream(bus, "positions") == []  # not before the fills committed before it
+    assert set(fills[:2]) <= outbox.done
+    assert not set(accounts) & outbox.done
+    await bus.ack("executions", "exit-brain",
+                  [d.entry_id for d in await bus.read("executions", "exit-brain", "c", 10,
+                                                      block_ms=0)])
+    await publisher.drain()
+    assert [m.payload["n"] for m in await stream(bus, "executions")] == [2, 3]
+    assert len(await stream(bus, "positions")) == 2
+    assert outbox.pending() == []
 
 
 async def test_a_row_no_bus_can_carry_is_dead_lettered_and_does_not_block_its_topic() -> None:

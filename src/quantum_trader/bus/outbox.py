@@ -6,13 +6,15 @@ The model, end to end:
 * A service writes its effects *and* the messages they cause (``OutboundMessage`` rows) in one
   store transaction, then calls ``kick()``. Nothing is published inside the transaction, so a
   commit can no longer succeed while its publish fails and is forgotten.
-* ``OutboxPublisher`` reads pending rows in ``seq`` order, groups them per topic (each topic is
-  its own stream, so topics go concurrently and a full stream holds back only its own topic),
-  and appends each topic's messages in ``seq`` order with ``publish_many``.
+* ``OutboxPublisher`` reads pending rows in ``seq`` order and appends them in that order, a run of
+  consecutive rows of one topic at a time with ``publish_many``. Order across topics is kept on
+  purpose: a consumer that sees an account update must be able to drain the fills committed
+  before it (execution commits fills, then the account), so no message is published before one
+  committed earlier. A full (lossless) stream therefore holds back what was committed after it.
 * A row is marked done only after the bus returned its entry id. On any bus error (``BusFull``,
-  Redis down, ``PublishIncomplete``) exactly the appended prefix of that topic is marked done;
-  the rest stays in the outbox and is retried after a capped exponential backoff. Nothing is
-  dropped, and within a topic nothing overtakes an earlier message.
+  Redis down, ``PublishIncomplete``) exactly the appended prefix is marked done; the rest stays
+  in the outbox and is retried after a capped exponential backoff. Nothing is dropped, and
+  nothing overtakes an earlier message.
 * At-least-once: after a crash (or a failed ``outbox_done``) between the append and the mark,
   the same rows are published again, under the same ``Message.id`` (``OutboundMessage.id``).
   Consumers are idempotent on that id (protocol.py), so a re-publish is harmless.
@@ -133,24 +135,28 @@ class OutboxPublisher:
             if not rows:
                 OUTBOX_PENDING.set(0)
                 return 0, 0
-            by_topic: dict[str, list[tuple[int, Message]]] = {}
-            for seq, out in rows:  # seq order in, seq order within each topic out
+            runs: list[tuple[str, list[tuple[int, Message]]]] = []
+            for seq, out in rows:  # consecutive rows of one topic form a run
                 topic, message = self._message(out)
-                by_topic.setdefault(topic, []).append((seq, message))
-            results = await asyncio.gather(
-                *(self._publish_topic(topic, items) for topic, items in by_topic.items()))
-            acked = {topic: seqs for topic, (seqs, _) in zip(by_topic, results, strict=True)}
-            done = sorted(seq for seqs in acked.values() for seq in seqs)
+                if runs and runs[-1][0] == topic:
+                    runs[-1][1].append((seq, message))
+                else:
+                    runs.append((topic, [(seq, message)]))
+            done: list[int] = []
+            error: Exception | None = None
+            for topic, items in runs:  # in seq order: a later run waits for the earlier ones
+                seqs, error = await self._publish_topic(topic, items)
+                done.extend(seqs)
+                if seqs:
+                    OUTBOX_PUBLISHED.labels(topic).inc(len(seqs))
+                if error is not None:
+                    break
             if done:
                 await self.outbox.outbox_done(done)
                 self.published += len(done)
-                for topic, seqs in acked.items():
-                    if seqs:
-                        OUTBOX_PUBLISHED.labels(topic).inc(len(seqs))
             OUTBOX_PENDING.set(len(rows) - len(done))
-            errors = [error for _, error in results if error is not None]
-            if errors:
-                raise errors[0]
+            if error is not None:
+                raise error
             return len(rows), len(done)
 
     @staticmethod

@@ -124,6 +124,22 @@ class GatewayService(Service):
                 float(t["entry_price"]), float(t["exit_price"]),
                 float(t["realized_pnl"]) - float(t["fees"]) - float(t["funding"]),
                 str(t.get("exit_reason", "")), msg.trace_id))
+        elif msg.type == "kill_result":
+            d = msg.payload
+            closing = d.get("closing") or {}
+            kept = d.get("kept_stops") or []
+            if d.get("mode") == "flatten":
+                text = (f"KILL SWITCH done: {len(d.get('canceled') or [])} orders canceled, "
+                        f"{len(closing)} positions being closed at market "
+                        f"({', '.join(sorted(closing)) or 'none open'}).")
+            else:
+                text = (f"KILL SWITCH done: {len(d.get('canceled') or [])} entry orders "
+                        f"canceled; {len(kept)} protective stops KEPT working on the venue. "
+                        "Positions stay open: send kill with flatten to close them.")
+            failed = d.get("cancel_failed") or []
+            if failed:
+                text += f" {len(failed)} cancels FAILED: check the venue."
+            self.notifier.notify(text, urgent=True)
         elif msg.type == "fill" and msg.payload.get("purpose") == "ENTRY":
             f, entry = msg.payload["fill"], msg.payload.get("entry") or {}
             self.notifier.trade_opened(TradeOpened(
@@ -149,14 +165,18 @@ class GatewayService(Service):
 
         @app.post("/control/{command}", status_code=202, openapi_extra={"x-scope": "admin"})
         async def control(command: Literal["pause", "resume", "kill", "halt"],
-                          request: Request) -> dict[str, Any]:
-            """Kill switch and trading-state changes (admin): risk-safety applies them."""
+                          request: Request, flatten: bool = False) -> dict[str, Any]:
+            """Kill switch and trading-state changes (admin): risk-safety applies them.
+            ``kill`` keeps the protective stops working; ``kill?flatten=true`` also closes
+            every position at market. Execution reports which it did (and Telegram says)."""
             principal = getattr(request.state, "principal", None)
             by = getattr(principal, "name", "unknown")
             trace_id = new_trace_id()
             msg_id = uuid.uuid4().hex
-            await self.publish("control", command, {"by": by, "via": "gateway"}, trace_id,
-                               msg_id)
+            payload: dict[str, Any] = {"by": by, "via": "gateway"}
+            if command == "kill":
+                payload["flatten"] = flatten
+            await self.publish("control", command, payload, trace_id, msg_id)
             self.log.warning("control_command", command=command, by=by, trace_id=trace_id)
             return {"command": command, "message_id": msg_id, "trace_id": trace_id}
 
