@@ -24,8 +24,8 @@ from quantum_trader.domain.orders import client_order_id_for
 from quantum_trader.exchange.ccxt_binance import BinanceSettings, CcxtBinanceExchange
 from quantum_trader.exchange.protocol import OrderRequest
 from quantum_trader.exchange.reliable import CircuitBreaker, ReliablePlacer
-from quantum_trader.exchange.sim_server import SimServer, SimServerConfig, SimState, load_series
 from quantum_trader.exchange.simulated import SimExchangeSettings
+from quantum_trader.venue_sim import SimServer, SimServerConfig, SimState, load_series
 
 SYM = "XRPUSDT"
 

@@ -41,19 +41,22 @@ def exchange_sim(
     ban_seconds: Annotated[float, typer.Option(help="418 ban length")] = 120.0,
     balance: Annotated[float, typer.Option(help="initial USDT wallet")] = 10_000.0,
     fault_rate: Annotated[float, typer.Option(
-        help="share of /fapi requests given a random fault (timeout, 5xx, 429, -1021, drop)")]
-        = 0.0,
+        help="share of /fapi requests given a random fault (timeout, 408, 5xx, 429, -1021, "
+             "drop)")] = 0.0,
+    wall_clock: Annotated[bool, typer.Option(
+        help="replay aligned to the wall clock at the real bar length, serving the open "
+             "kline as Binance does (--bar-seconds is ignored)")] = False,
 ) -> None:
     """Serve ``/fapi`` like Binance USDⓈ-M futures, matching on historical bars."""
-    from quantum_trader.exchange.sim_server import (
+    from quantum_trader.venue_sim import (
         FAULT_KINDS,
         FaultConfig,
         SimServer,
         SimServerConfig,
         SimState,
         load_series,
+        server_exchange_settings,
     )
-    from quantum_trader.exchange.simulated import SimExchangeSettings
 
     try:
         series = load_series(data or ["sample:XRP"])
@@ -66,13 +69,15 @@ def exchange_sim(
     faults = FaultConfig({k: fault_rate / len(FAULT_KINDS) for k in FAULT_KINDS}
                          if fault_rate else {})
     state = SimState(SimServerConfig(
-        series=series, bar_seconds=bar_seconds, start_bar=start_bar, api_key=api_key,
-        api_secret=api_secret, weight_limit=weight_limit, ban_seconds=ban_seconds,
-        exchange=SimExchangeSettings(initial_balance=balance), faults=faults))
+        series=series, bar_seconds=bar_seconds, start_bar=start_bar, wall_clock=wall_clock,
+        api_key=api_key, api_secret=api_secret, weight_limit=weight_limit,
+        ban_seconds=ban_seconds, exchange=server_exchange_settings(initial_balance=balance),
+        faults=faults))
     server = SimServer(state, host, port).start()
     symbols = ", ".join(f"{s.symbol} {s.timeframe}" for s in series)
-    console.print(f"exchange simulator on [bold]{server.url}[/] ({symbols}); "
-                  f"{bar_seconds:g}s per bar; API key {api_key!r}. Ctrl-C stops it.")
+    pace = "on the wall clock" if wall_clock else f"{bar_seconds:g}s per bar"
+    console.print(f"exchange simulator on [bold]{server.url}[/] ({symbols}); {pace}; "
+                  f"API key {api_key!r}. Ctrl-C stops it.")
     try:
         while True:
             time.sleep(1)

@@ -25,7 +25,7 @@ from quantum_trader.exchange.reliable import (
     ReliablePlacer,
     call_with_retries,
 )
-from quantum_trader.exchange.sim_server import (
+from quantum_trader.venue_sim import (
     FaultConfig,
     SimServer,
     SimServerConfig,

@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 from quantum_trader.cli_exchange import data_app
 from quantum_trader.domain.models import Bar
 from quantum_trader.exchange.ccxt_binance import BinanceSettings, CcxtBinanceExchange, MarkInfo
-from quantum_trader.exchange.sim_server import SimServer, SimServerConfig, SimState, load_series
 from quantum_trader.marketdata.download import download_klines
 from quantum_trader.marketdata.files import load_file
 from quantum_trader.marketdata.live import LiveKlineFeed
 from quantum_trader.marketdata.sample import load_sample
+from quantum_trader.venue_sim import SimServer, SimServerConfig, SimState, load_series
 
 SYM = "XRPUSDT"
 TF_MS = 1_800_000

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from quantum_trader.exchange.sim_server import SimServer, SimServerConfig, SimState, load_series
+from quantum_trader.venue_sim import SimServer, SimServerConfig, SimState, load_series
 from tests.support.cluster import PIPELINE_SERVICES, cluster
 
 pytestmark = pytest.mark.integration

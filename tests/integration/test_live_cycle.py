@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from quantum_trader.domain.enums import OrderType, Side
 from quantum_trader.exchange.ccxt_binance import BinanceSettings, CcxtBinanceExchange
 from quantum_trader.exchange.protocol import OrderRequest
-from quantum_trader.exchange.sim_server import SimServer, SimServerConfig, SimState, load_series
+from quantum_trader.venue_sim import SimServer, SimServerConfig, SimState, load_series
 from tests.support.cluster import PIPELINE_SERVICES, cluster
 
 pytestmark = pytest.mark.integration

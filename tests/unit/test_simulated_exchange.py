@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from quantum_trader.domain.enums import Liquidity, OrderStatus, OrderType, Side
 from quantum_trader.domain.instruments import Instrument
 from quantum_trader.domain.models import Bar
-from quantum_trader.exchange.protocol import OrderRequest
+from quantum_trader.domain.venue import (
+    OrderOrigin,
+    OrderRequest,
+    OrderUpdate,
+    VenueEvent,
+    VenueTrade,
+)
 from quantum_trader.exchange.simulated import SimExchangeSettings, SimulatedExchange
 
 H = 3_600_000
@@ -38,17 +44,38 @@ def req(cid: str, side: Side, qty: float, kind: OrderType = OrderType.MARKET,
     return OrderRequest(cid, "TESTUSDT", side, kind, qty, reduce_only, price, stop)
 
 
+def trades(events: list[VenueEvent]) -> list[VenueTrade]:
+    return [e for e in events if isinstance(e, VenueTrade)]
+
+
+def updates(events: list[VenueEvent]) -> dict[str, OrderUpdate]:
+    """The last update of each order, by client id."""
+    return {e.client_order_id: e for e in events if isinstance(e, OrderUpdate)}
+
+
+def one_fill(events: list[VenueEvent]) -> tuple[VenueTrade, OrderUpdate]:
+    """Exactly one execution, reported as Binance does: the trade, then the order's update."""
+    trade, update = events
+    assert isinstance(trade, VenueTrade)
+    assert isinstance(update, OrderUpdate)
+    assert (update.client_order_id, update.venue_order_id) == (trade.client_order_id,
+                                                               trade.venue_order_id)
+    return trade, update
+
+
 def test_market_order_fills_at_next_open_with_slippage_and_taker_fee() -> None:
     x = ex()
     signal_bar = bar(0, 100, 101, 99, 100.5)
     x.on_bar(signal_bar)
     assert x.submit(req("a", Side.BUY, 100), signal_bar.close_ts).status is OrderStatus.ACCEPTED
-    [fill] = x.on_bar(bar(1, 102, 103, 101, 102))
+    fill, update = one_fill(x.on_bar(bar(1, 102, 103, 101, 102)))
     slip = 1e-4 + 0.1 * 100 / 1_000_000
-    assert fill.fill_price == pytest.approx(102 * (1 + slip), abs=1e-12)  # the open, not 100.5
+    assert fill.price == pytest.approx(102 * (1 + slip), abs=1e-12)  # the open, not 100.5
+    assert fill.quantity == 100
     assert fill.fee == pytest.approx(100 * 102 * (1 + slip) * 0.0005, abs=1e-12)
     assert fill.liquidity is Liquidity.TAKER
-    assert fill.status is OrderStatus.FILLED
+    assert update.status is OrderStatus.FILLED
+    assert (update.filled_qty, update.avg_price) == (100, fill.price)
     assert x.position("TESTUSDT").qty == 100
     assert x.wallet == pytest.approx(100_000 - fill.fee, abs=1e-9)
 
@@ -56,24 +83,25 @@ def test_market_order_fills_at_next_open_with_slippage_and_taker_fee() -> None:
 def test_sell_slippage_is_against_the_trader() -> None:
     x = ex(impact=0.0)
     x.submit(req("a", Side.SELL, 10), T0)
-    [fill] = x.on_bar(bar(1, 50, 51, 49, 50))
-    assert fill.fill_price == pytest.approx(50 * (1 - 1e-4), abs=1e-12)
+    fill, _ = one_fill(x.on_bar(bar(1, 50, 51, 49, 50)))
+    assert fill.price == pytest.approx(50 * (1 - 1e-4), abs=1e-12)
 
 
 def test_resting_limit_fills_at_its_price_as_maker() -> None:
     x = ex()
     x.submit(req("l", Side.BUY, 10, OrderType.LIMIT, price=95.0), T0)
     assert x.on_bar(bar(1, 100, 101, 96, 97)) == []  # not touched
-    [fill] = x.on_bar(bar(2, 97, 98, 94, 96))
-    assert (fill.fill_price, fill.liquidity) == (95.0, Liquidity.MAKER)
+    fill, update = one_fill(x.on_bar(bar(2, 97, 98, 94, 96)))
+    assert (fill.price, fill.liquidity) == (95.0, Liquidity.MAKER)
+    assert update.status is OrderStatus.FILLED
     assert fill.fee == pytest.approx(10 * 95 * 0.0002, abs=1e-12)
 
 
 def test_marketable_limit_on_arrival_is_taker_at_the_open() -> None:
     x = ex(slippage_bps=0.0, impact=0.0)
     x.submit(req("l", Side.BUY, 10, OrderType.LIMIT, price=105.0), T0)
-    [fill] = x.on_bar(bar(1, 100, 101, 99, 100))
-    assert (fill.fill_price, fill.liquidity) == (100.0, Liquidity.TAKER)
+    fill, _ = one_fill(x.on_bar(bar(1, 100, 101, 99, 100)))
+    assert (fill.price, fill.liquidity) == (100.0, Liquidity.TAKER)
 
 
 def test_funding_every_8_hours_on_the_position_held() -> None:
@@ -100,11 +128,12 @@ def test_short_receives_positive_funding() -> None:
 def test_partial_fills_capped_at_share_of_bar_volume() -> None:
     x = ex(slippage_bps=0.0, impact=0.0)
     x.submit(req("big", Side.BUY, 250), T0)
-    fills = [x.on_bar(bar(i, 10, 10.5, 9.5, 10, v=1000.0)) for i in range(4)]
-    assert [[f.fill_qty for f in fs] for fs in fills] == [[100.0], [100.0], [50.0], []]
-    assert [fs[0].status for fs in fills[:3]] == [OrderStatus.PARTIALLY_FILLED,
-                                                 OrderStatus.PARTIALLY_FILLED,
-                                                 OrderStatus.FILLED]
+    events = [x.on_bar(bar(i, 10, 10.5, 9.5, 10, v=1000.0)) for i in range(4)]
+    assert [[f.quantity for f in trades(es)] for es in events] == [[100.0], [100.0], [50.0], []]
+    assert [(updates(es)["big"].status, updates(es)["big"].filled_qty) for es in events[:3]] == [
+        (OrderStatus.PARTIALLY_FILLED, 100.0), (OrderStatus.PARTIALLY_FILLED, 200.0),
+        (OrderStatus.FILLED, 250.0)]
+    assert events[3] == []
 
 
 def test_stop_and_target_in_one_bar_the_stop_comes_first() -> None:
@@ -113,10 +142,11 @@ def test_stop_and_target_in_one_bar_the_stop_comes_first() -> None:
     x.on_bar(bar(0, 100, 100.5, 99.5, 100))
     x.submit(req("sl", Side.SELL, 10, OrderType.STOP_MARKET, stop=98.0, reduce_only=True), T0)
     x.submit(req("tp", Side.SELL, 10, OrderType.LIMIT, price=104.0, reduce_only=True), T0)
-    reports = x.on_bar(bar(1, 100, 105, 97, 101))  # touches both
-    by_id = {r.client_order_id: r for r in reports}
+    events = x.on_bar(bar(1, 100, 105, 97, 101))  # touches both
+    by_id = updates(events)
     assert by_id["sl"].status is OrderStatus.FILLED
-    assert by_id["sl"].fill_price == 98.0
+    assert by_id["sl"].avg_price == 98.0
+    assert [(t.client_order_id, t.price) for t in trades(events)] == [("sl", 98.0)]
     assert by_id["tp"].status is OrderStatus.CANCELED
     assert not x.position("TESTUSDT").is_open
 
@@ -127,8 +157,10 @@ def test_short_position_the_adverse_path_is_up() -> None:
     x.on_bar(bar(0, 100, 100.5, 99.5, 100))
     x.submit(req("sl", Side.BUY, 10, OrderType.STOP_MARKET, stop=102.0, reduce_only=True), T0)
     x.submit(req("tp", Side.BUY, 10, OrderType.LIMIT, price=96.0, reduce_only=True), T0)
-    by_id = {r.client_order_id: r for r in x.on_bar(bar(1, 100, 103, 95, 99))}
-    assert by_id["sl"].fill_price == 102.0
+    events = x.on_bar(bar(1, 100, 103, 95, 99))
+    by_id = updates(events)
+    assert by_id["sl"].avg_price == 102.0
+    assert [(t.client_order_id, t.price) for t in trades(events)] == [("sl", 102.0)]
     assert by_id["tp"].status is OrderStatus.CANCELED
 
 
@@ -137,8 +169,9 @@ def test_stop_gapped_through_fills_at_the_open() -> None:
     x.submit(req("e", Side.BUY, 10), T0)
     x.on_bar(bar(0, 100, 100, 100, 100))
     x.submit(req("sl", Side.SELL, 10, OrderType.STOP_MARKET, stop=98.0, reduce_only=True), T0)
-    [r] = x.on_bar(bar(1, 90, 91, 89, 90))
-    assert r.fill_price == 90.0
+    fill, update = one_fill(x.on_bar(bar(1, 90, 91, 89, 90)))
+    assert (fill.client_order_id, fill.price) == ("sl", 90.0)
+    assert update.status is OrderStatus.FILLED
 
 
 def test_liquidation_at_the_liquidation_price_with_fee() -> None:
@@ -147,13 +180,16 @@ def test_liquidation_at_the_liquidation_price_with_fee() -> None:
     x.on_bar(bar(0, 100, 100, 100, 100))
     pos = x.position("TESTUSDT")
     assert pos.leverage == 10.0
-    liq = 100 * (1 - 1 / 10 + 0.005)
+    liq = 100 * (1 - 1 / 10) / (1 - 0.005)  # Binance's isolated formula: 90.4522...
     assert x.positions()[0].liquidation_price == pytest.approx(liq)
     wallet_before = x.wallet
-    [r] = x.on_bar(bar(1, 99, 99.5, 90.0, 91))
-    assert r.is_liquidation
-    assert r.fill_price == pytest.approx(liq)
+    r, update = one_fill(x.on_bar(bar(1, 99, 99.5, 90.0, 91)))
+    assert r.origin is OrderOrigin.LIQUIDATION
+    assert r.client_order_id.startswith("autoclose-")
+    assert (r.side, r.quantity) == (Side.SELL, 100)
+    assert r.price == pytest.approx(liq)
     assert r.fee == pytest.approx(100 * liq * 0.0125)
+    assert (update.status, update.filled_qty) == (OrderStatus.FILLED, 100)
     assert not pos.is_open
     assert x.wallet == pytest.approx(wallet_before + 100 * (liq - 100) - 100 * liq * 0.0125)
 

@@ -1,7 +1,7 @@
 """``SimulatedExchange``: a USDⓈ-M perpetual matching core driven by bars.
 
-The same core runs behind backtests, embedded paper trading and (later) the Binance-compatible
-simulator server. Its model of a bar, stated once:
+The same core runs behind backtests, embedded paper trading and the Binance-compatible venue
+simulator (``venue_sim``). Its model of a bar, stated once:
 
 * An order submitted while bar *k* is known is first matched on bar *k+1*: market orders fill
   at that bar's open (never at the close of the bar that produced the signal).
@@ -162,6 +162,17 @@ class SimulatedExchange:
     def open_orders(self, symbol: str | None = None) -> list[OrderUpdate]:
         books = [self._book.get(symbol, [])] if symbol else list(self._book.values())
         return [self._known[o.request.client_order_id] for book in books for o in book]
+
+    def triggered(self, client_order_id: str) -> bool:
+        """Whether the open stop ``client_order_id`` has triggered (its rest is worked as a
+        market order), even if the bar had no volume left to fill any of it."""
+        order = self._by_client.get(client_order_id)
+        return order is not None and order.triggered
+
+    def path(self, bar: Bar) -> tuple[float, float, float, float]:
+        """The path the core assumes through ``bar`` for the position held now."""
+        pos = self.account.positions.get(bar.symbol)
+        return bar_path(bar, adverse_down=pos is None or pos.qty >= 0)
 
     def set_leverage(self, symbol: str, leverage: float) -> None:
         inst = self._instrument(symbol)
@@ -409,22 +420,16 @@ class SimulatedExchange:
         s = self.settings
         capacity = bar.volume * s.max_volume_share
         pos = self.position(bar.symbol)
-        adverse_down = pos.qty >= 0
-        ext1, ext2 = (bar.low, bar.high) if adverse_down else (bar.high, bar.low)
-        points = (bar.open, ext1, ext2, bar.close)
+        points = bar_path(bar, adverse_down=pos.qty >= 0)
+        _open, ext1, ext2, _close = points
         tf = TIMEFRAME_MS[bar.timeframe]
-
-        def price_at(f: float) -> float:
-            leg = min(int(f * 3), 2)
-            t = f * 3 - leg
-            return points[leg] + (points[leg + 1] - points[leg]) * t
 
         arrivals = sorted(book, key=lambda o: (max(0.0, (o.ts - bar.ts) / tf),
                                                not o.request.reduce_only))
         for order in arrivals:
             f = min(max(0.0, (order.ts - bar.ts) / tf), 1.0)
             req = order.request
-            here = price_at(f)
+            here = price_on_path(points, f)
             if req.order_type is OrderType.MARKET or order.triggered:
                 capacity = self._fill(order, bar, here, Liquidity.TAKER, capacity, events)
                 continue
@@ -616,6 +621,22 @@ class SimulatedExchange:
                              reduce_only=req.reduce_only)
         self._known[req.client_order_id] = update
         return update
+
+
+def bar_path(bar: Bar, adverse_down: bool) -> tuple[float, float, float, float]:
+    """A bar's assumed path: open, adverse extreme, favourable extreme, close (adverse is down
+    for a long or no position, up for a short)."""
+    if adverse_down:
+        return (bar.open, bar.low, bar.high, bar.close)
+    return (bar.open, bar.high, bar.low, bar.close)
+
+
+def price_on_path(points: tuple[float, float, float, float], fraction: float) -> float:
+    """The price ``fraction`` (0: open, 1: close) of the way through a bar whose path is
+    ``points``; each leg takes a third of the bar."""
+    leg = min(int(fraction * 3), 2)
+    t = fraction * 3 - leg
+    return points[leg] + (points[leg + 1] - points[leg]) * t
 
 
 def _trigger_level(req: OrderRequest) -> float:
