@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from quantum_trader.bus.protocol import Bus, Message, deadletter_message
+from quantum_trader.bus.protocol import Bus, Message, UnknownGroup, deadletter_message
 from quantum_trader.config import Settings
 from quantum_trader.domain.models import Bar
 from quantum_trader.domain.records import Checkpoint
@@ -56,7 +56,12 @@ class MarketDataService(Service):
         for _ in range(2):
             for topic, groups in PIPELINE.items():
                 for group in groups:
-                    if await self.bus.lag(topic, group):
+                    try:
+                        if await self.bus.lag(topic, group):
+                            return False
+                    except UnknownGroup:
+                        # Redis lost its data: the group is recreated and read from the start
+                        await self.bus.ensure_group(topic, group)
                         return False
         return True
 
