@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from quantum_trader.venue_sim import FaultConfig, SimServer, SimServerConfig, SimState, load_series
 
 from quantum_trader.domain.enums import OrderType, Side
+from quantum_trader.venue_sim import FaultConfig, SimServer, SimServerConfig, SimState, load_series
 from tests.support.cluster import PIPELINE_SERVICES, Cluster, cluster
 from tests.support.pg_server import PgServer
 from tests.support.redis_server import RedisServer

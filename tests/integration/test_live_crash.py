@@ -16,8 +16,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_kill_9_between_send_and_ack_adopts_the_order(tmp_path: Path) -> None:
+    # The clock runs ~6000x fast: a venue limit scaled to match (the clients budget for
+    # what the venue advertises; the limits themselves are tested in test_exchange_faults).
     state = SimState(SimServerConfig(series=load_series(["sample:XRP"]), bar_seconds=0.3,
-                                     start_bar=600))
+                                     start_bar=600, weight_limit=24_000))
     state.config.faults.timeout_s = 30.0  # the held answer outlives the process
     srv = SimServer(state).start()
     (tmp_path / "key").write_text(state.config.api_key)

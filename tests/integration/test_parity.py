@@ -9,11 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
-from quantum_trader.venue_sim import SimServer, SimServerConfig, SimState, load_series
 
 from quantum_trader.config import load_settings
 from quantum_trader.marketdata.sample import resolve_source
 from quantum_trader.runtime.backtest import run_backtest
+from quantum_trader.venue_sim import SimServer, SimServerConfig, SimState, load_series
 from tests.support.cluster import PIPELINE_SERVICES, cluster
 from tests.support.lockstep import run_lockstep
 

@@ -15,9 +15,9 @@ import time
 from typing import Any
 
 import redis
-from quantum_trader.venue_sim import SimState
 
 from quantum_trader.services.messages import PIPELINE
+from quantum_trader.venue_sim import SimState
 from tests.support.cluster import Cluster
 
 

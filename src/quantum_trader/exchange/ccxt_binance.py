@@ -342,7 +342,11 @@ class CcxtBinanceExchange:
         await self._x.load_time_difference()
 
     async def refresh_marks(self) -> None:
-        rows = await self._x.fapiPublicGetPremiumIndex()
+        if self.settings.leverage:  # one light request per symbol traded (all: weight 40)
+            rows = [await self._x.fapiPublicGetPremiumIndex({"symbol": s})
+                    for s in self.settings.leverage if s in self.instruments]
+        else:
+            rows = await self._x.fapiPublicGetPremiumIndex()
         for r in rows:
             if r.get("symbol") in self.instruments and float(r.get("markPrice") or 0) > 0:
                 self._marks[r["symbol"]] = float(r["markPrice"])
@@ -460,14 +464,20 @@ class CcxtBinanceExchange:
         return None
 
     async def open_orders(self, symbol: str | None = None) -> list[OrderUpdate]:
-        sym = self._sym(symbol) if symbol else None
+        """Open orders (regular and conditional). Without ``symbol``: those of the symbols
+        this client trades, one light request each (Binance weighs a request for all symbols
+        40), or every symbol's when it trades none in particular."""
+        symbols: list[str | None] = [symbol] if symbol else \
+            list(self.settings.leverage) or [None]
         out = []
-        for algo in (False, True):
-            params = {"trigger": True} if algo else {}
-            for o in await self._x.fetch_open_orders(sym, None, None, params):
-                if algo and o.get("clientOrderId"):
-                    self._algo.add(o["clientOrderId"])
-                out.append(await self._update(o, None))
+        for one in symbols:
+            sym = self._sym(one) if one else None
+            for algo in (False, True):
+                params = {"trigger": True} if algo else {}
+                for o in await self._x.fetch_open_orders(sym, None, None, params):
+                    if algo and o.get("clientOrderId"):
+                        self._algo.add(o["clientOrderId"])
+                    out.append(await self._update(o, one))
         return out
 
     async def _update(self, o: dict[str, Any], symbol: str | None) -> OrderUpdate:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from quantum_trader.domain.enums import OrderStatus
 from quantum_trader.domain.models import Bar, FundingPayment
@@ -33,6 +33,9 @@ from quantum_trader.domain.venue import (
     VenueTrade,
 )
 from quantum_trader.exchange.errors import ExchangeError, OrderNotFound, OrderRefused
+
+if TYPE_CHECKING:
+    from quantum_trader.exchange.ccxt_binance import MarkInfo
 from quantum_trader.exchange.reliable import CircuitBreaker, ReliablePlacer, call_with_retries
 from quantum_trader.exchange.simulated import OrderRejected, SimulatedExchange
 
@@ -79,8 +82,9 @@ class VenueDriver(Protocol):
     async def on_bar(self, bar: Bar) -> list[DriverEvent]:
         """A closed bar: what the venue did in it (the simulated one matches it now)."""
 
-    async def poll(self) -> list[DriverEvent]:
-        """Trades and funding since the cursors, oldest first."""
+    async def poll(self, funding: bool = False) -> list[DriverEvent]:
+        """Trades (and with ``funding`` the funding income) since the cursors, oldest
+        first."""
 
     def cursor_records(self, ts: int) -> list[Cursor]:
         """The cursors as they stand after the last poll, to commit with what was read."""
@@ -137,7 +141,7 @@ class SimulatedVenue:
             self._funding_seen = len(payments)
         return events
 
-    async def poll(self) -> list[DriverEvent]:
+    async def poll(self, funding: bool = False) -> list[DriverEvent]:
         return []
 
     def cursor_records(self, ts: int) -> list[Cursor]:
@@ -210,6 +214,8 @@ class LiveAdapter(Protocol):
 
     def update_mark(self, symbol: str, price: float) -> None: ...
 
+    async def mark_info(self, symbol: str) -> MarkInfo: ...
+
     def remember_algo(self, client_order_ids: Iterable[str]) -> None: ...
 
 
@@ -232,6 +238,7 @@ class LiveVenue:
         self._trade_from: dict[str, int] = {}  # symbol -> next trade id to read
         self._funding_from = 0  # funding time to read from
         self._funding_seen: set[str] = set()
+        self._next_funding: dict[str, int] = {}  # symbol -> the venue's next funding time
         self.setup_kept: dict[str, str] = {}
 
     async def start(self, cursors: dict[str, Cursor]) -> StartReport:
@@ -253,6 +260,8 @@ class LiveVenue:
             latest = await call_with_retries(functools.partial(self.adapter.latest_trade_id,
                                                                sym))
             self._trade_from[sym] = (latest + 1) if latest is not None else 0
+        for sym in self.symbols:
+            await self._learn_next_funding(sym)
         fc = cursors.get(FUNDING_CURSOR)
         if fc is not None:
             self._funding_from = int(fc.value)
@@ -265,18 +274,35 @@ class LiveVenue:
         await self.adapter.close()
 
     async def on_bar(self, bar: Bar) -> list[DriverEvent]:
+        """A closed bar: the trades made in it, and the funding once the symbol's next funding
+        time (as the venue announces it) has passed: income reads are heavy (weight 30)."""
         self.adapter.update_mark(bar.symbol, bar.close)
-        return await self.poll()
+        due = bar.close_ts >= self._next_funding.get(bar.symbol, 0)
+        events = await self.poll(funding=due)
+        if due:
+            await self._learn_next_funding(bar.symbol)
+        return events
 
-    async def poll(self) -> list[DriverEvent]:
+    async def _learn_next_funding(self, symbol: str) -> None:
+        try:
+            info = await call_with_retries(functools.partial(self.adapter.mark_info, symbol))
+        except ExchangeError:
+            self._next_funding[symbol] = 0  # unknown: read funding at the next bar
+            return
+        self._next_funding[symbol] = info.next_funding_ts
+
+    async def poll(self, funding: bool = False) -> list[DriverEvent]:
+        """Trades since the cursors (light: one request per symbol); funding income too when
+        asked (a heavy request: bars and reconciliation ask for it, the fast poll does not)."""
         out: list[DriverEvent] = []
         for sym in self.symbols:
             start = self._trade_from.get(sym, 0)
             trades = await call_with_retries(functools.partial(self.adapter.trades, sym, start))
             out.extend(t for t in trades if int(t.trade_id) >= start)
-        payments = await call_with_retries(lambda: self.adapter.funding(self._funding_from))
-        out.extend(p for p in payments
-                   if p.id not in self._funding_seen and p.symbol in self.symbols)
+        if funding:
+            payments = await call_with_retries(lambda: self.adapter.funding(self._funding_from))
+            out.extend(p for p in payments
+                       if p.id not in self._funding_seen and p.symbol in self.symbols)
         return out
 
     def advance(self, event: DriverEvent) -> None:

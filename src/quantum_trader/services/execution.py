@@ -537,7 +537,7 @@ class ExecutionService(Service):
         """Compare our books with the venue and take the venue's word where they differ."""
         engine = self.engine
         now = self.market_now
-        await self._apply(await self.driver.poll())
+        await self._apply(await self.driver.poll(funding=True))
         snap = await self.driver.snapshot()
         late = await self.driver.poll()
         await self._apply(late)
