@@ -73,6 +73,7 @@ class ExitsSection(_Section):
     exit_on_opposite_signal: bool = True
     exit_on_flat_signal: bool = True
     intent_ttl_ms: int = Field(60_000, gt=0)
+    protective_ttl_ms: int = Field(7 * 86_400_000, gt=0)
 
     def settings(self) -> ExitSettings:
         return ExitSettings(**self.model_dump())

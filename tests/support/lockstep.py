@@ -49,8 +49,10 @@ def _quiet(c: Cluster, r: redis.Redis, state: SimState) -> str | None:
                 return f"{name} has work left on {topic}"
     if c.query("select count(*) from outbox")[0][0]:
         return "an outbox holds unpublished messages"
-    if c.query("select count(*) from orders where status in ('NEW', 'SUBMITTED')")[0][0]:
-        return "an order is in flight"
+    flying = c.query("select client_order_id, status, purpose, tag, reason from orders "
+                     "where status in ('NEW', 'SUBMITTED')")
+    if flying:
+        return f"orders in flight: {[dict(r) for r in flying]}"
     ours = int(c.query("select count(*) from venue_trades")[0][0])
     if ours != len(state.trades()):
         return f"{len(state.trades()) - ours} venue trades not booked yet"

@@ -31,6 +31,7 @@ class ExitSettings:
     exit_on_opposite_signal: bool = True
     exit_on_flat_signal: bool = True
     intent_ttl_ms: int = 60_000
+    protective_ttl_ms: int = 7 * 86_400_000  # stops and targets: still wanted when late
 
 
 @dataclass(slots=True)
@@ -198,8 +199,9 @@ class ExitBrain:
         intent = OrderIntent(
             id=f"{g.trace_id}:{tag}:{g.seq}", symbol=g.symbol, side=g.side.opposite,
             quantity=qty, order_type=order_type, purpose=IntentPurpose.EXIT, ts=ts,
-            # Protective orders work until the position closes; their intent must not lapse.
-            expires_at=ts + self.settings.intent_ttl_ms, trace_id=g.trace_id,
+            # Protective orders work until the position closes; their intent must not lapse
+            # on its way (a live venue learns of the entry fill between bars).
+            expires_at=ts + self.settings.protective_ttl_ms, trace_id=g.trace_id,
             reduce_only=True,
             price=level if order_type is OrderType.LIMIT else None,
             stop_price=level if order_type is OrderType.STOP_MARKET else None,

@@ -660,6 +660,13 @@ class CcxtBinanceExchange:
         self._cid_by_order[order_id] = cid
         return cid
 
+    async def latest_funding_time(self) -> int | None:
+        """The time of the newest funding payment on the account (venue clock), None if
+        there is none."""
+        rows = await self._x.fapiPrivateGetIncome({"incomeType": "FUNDING_FEE", "limit": 1000})
+        times = [int(r["time"]) for r in rows]
+        return max(times) if times else None
+
     async def funding(self, since_ts: int, limit: int = 1000) -> list[FundingPayment]:
         """Funding income since ``since_ts`` for every symbol, oldest first, each with its
         tranId (Binance reports income: negative when the account paid; a FundingPayment

@@ -208,6 +208,8 @@ class LiveAdapter(Protocol):
 
     async def funding(self, since_ts: int, limit: int = 1000) -> list[FundingPayment]: ...
 
+    async def latest_funding_time(self) -> int | None: ...
+
     async def account(self) -> VenueAccount: ...
 
     async def resync_time(self) -> None: ...
@@ -265,19 +267,22 @@ class LiveVenue:
         fc = cursors.get(FUNDING_CURSOR)
         if fc is not None:
             self._funding_from = int(fc.value)
-        else:
-            account = await call_with_retries(self.adapter.account)
-            self._funding_from = account.ts
+        else:  # a first start: funding before now is the account's past, not ours to book
+            latest = await call_with_retries(self.adapter.latest_funding_time)
+            self._funding_from = latest + 1 if latest is not None else 0
         return report
 
     async def close(self) -> None:
         await self.adapter.close()
 
     async def on_bar(self, bar: Bar) -> list[DriverEvent]:
-        """A closed bar: the trades made in it, and the funding once the symbol's next funding
-        time (as the venue announces it) has passed: income reads are heavy (weight 30)."""
+        """A closed bar: the trades made in it, and the funding once a bar closed after the
+        symbol's next funding time (as the venue announced it): the bar that contains a funding
+        time is the one its payment belongs to (as in a backtest), and income reads are heavy
+        (weight 30). Reconciliation reads funding too, so a payment the venue books late is
+        never missed."""
         self.adapter.update_mark(bar.symbol, bar.close)
-        due = bar.close_ts >= self._next_funding.get(bar.symbol, 0)
+        due = bar.close_ts > self._next_funding.get(bar.symbol, 0)
         events = await self.poll(funding=due)
         if due:
             await self._learn_next_funding(bar.symbol)

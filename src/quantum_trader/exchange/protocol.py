@@ -49,6 +49,10 @@ class Venue(Protocol):
     async def funding(self, since_ts: int) -> list[FundingPayment]:
         """Funding paid or received since ``since_ts`` (inclusive), each with its venue id."""
 
+    async def latest_funding_time(self) -> int | None:
+        """The time of the newest funding payment (venue clock): a first start reads from
+        after it."""
+
     async def account(self) -> VenueAccount:
         """Wallet balance and positions, as the venue holds them."""
 

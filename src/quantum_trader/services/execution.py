@@ -327,6 +327,8 @@ class ExecutionService(Service):
                 return
             intent = from_payload(OrderIntent, payload)
             await self._on_intent(intent, wall_ms() - msg.ts)
+            if self._held:  # an exit just reached the venue: the entry behind it may go
+                await self._release_held()
             await self._commit()
 
     async def _on_intent(self, intent: OrderIntent, age_ms: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from decimal import Decimal
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -112,7 +113,16 @@ def client_id(p: dict[str, str], key: str) -> str | None:
 # --- answers -------------------------------------------------------------------------------
 
 def fmt(x: float) -> str:
-    return f"{x:.8f}".rstrip("0").rstrip(".") or "0"
+    """A decimal string with the float's full precision (its shortest round-trip form, never
+    an exponent). Binance rounds to the symbol's precision; the simulator's fills carry
+    slippage off the tick grid, and every digit is sent so a client's books and the venue's
+    agree to the last bit (a backtest of the same bars too)."""
+    if not math.isfinite(x):
+        return "0"
+    text = format(Decimal(repr(float(x))), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"
 
 
 def order_json(o: SimOrder) -> dict[str, Any]:
