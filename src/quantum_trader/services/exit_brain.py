@@ -12,6 +12,8 @@ is guarded from what the store remembers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import replace
 from typing import Any
 
@@ -45,6 +47,9 @@ class ExitBrainService(Service):
         self.view_ts = -1  # market time execution has matched up to (from account updates)
         self._outgoing: list[OutboundMessage] = []
         self._outbox: Any = None
+        # Handlers run concurrently (a signal drains fills itself): commits must reach the
+        # outbox in the order their messages were decided (a fill's stop before a later exit).
+        self._flushing = asyncio.Lock()
         self.consume("positions", self.on_account)
         self.consume("executions", self.on_execution)
         self.consume("market.bars", self.on_bar)
@@ -168,9 +173,6 @@ class ExitBrainService(Service):
 
     async def on_stop(self) -> None:
         if self._outbox is not None:
-            import asyncio
-            import contextlib
-
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._outbox.drain(), 5.0)
 
@@ -189,16 +191,17 @@ class ExitBrainService(Service):
             await self._flush()
 
     async def _flush(self, checkpoint: Checkpoint | None = None) -> None:
-        out, self._outgoing = self._outgoing, []
-        if self.store is None:
-            for m in out:
-                await self.bus.publish(m.topic, Message(m.type, m.payload, m.ts, m.trace_id,
-                                                        id=m.id))
-            return
-        if not out and checkpoint is None:
-            return
-        cp = checkpoint or self._checkpoint()
-        await self.store.write([*out, cp])
+        async with self._flushing:
+            out, self._outgoing = self._outgoing, []
+            if self.store is None:
+                for m in out:
+                    await self.bus.publish(m.topic, Message(m.type, m.payload, m.ts,
+                                                            m.trace_id, id=m.id))
+                return
+            if not out and checkpoint is None:
+                return
+            cp = checkpoint or self._checkpoint()
+            await self.store.write([*out, cp])
         if self._outbox is not None:
             self._outbox.kick()
 

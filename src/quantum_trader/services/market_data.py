@@ -50,10 +50,13 @@ class MarketDataService(Service):
         self.spawn(self._replay())
 
     async def _settled(self) -> bool:
-        """Every consumer group has handled everything. Two clean passes: a message can hop
-        from a topic checked later to one checked earlier (a fill -> a protective exit) between
-        the checks of one pass, but it cannot hop back twice without a new bar."""
+        """Every consumer group has handled everything and every outbox is empty (a message
+        committed but not yet published is work in flight too). Two clean passes: a message
+        can hop from a topic checked later to one checked earlier (a fill -> a protective exit)
+        between the checks of one pass, but it cannot hop back twice without a new bar."""
         for _ in range(2):
+            if self.store is not None and await self.store.outbox_pending(1):
+                return False
             for topic, groups in PIPELINE.items():
                 for group in groups:
                     try:
