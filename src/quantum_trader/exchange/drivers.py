@@ -128,9 +128,10 @@ class SimulatedVenue:
         return None
 
     def restore(self, wallet: float, positions: list[Position],
-                last_prices: dict[str, float]) -> None:
-        """The process restarted: the simulated venue lost its state; give it ours back."""
-        self.exchange.restore(wallet, positions, last_prices)
+                last_prices: dict[str, float], ids: dict[str, int] | None) -> None:
+        """The process restarted: the simulated venue lost its state; give it ours back
+        (its id sequences too: a trade id is never handed out twice)."""
+        self.exchange.restore(wallet, positions, last_prices, ids)
 
     async def on_bar(self, bar: Bar) -> list[DriverEvent]:
         events: list[DriverEvent] = list(self.exchange.on_bar(bar))

@@ -212,14 +212,24 @@ class SimulatedExchange:
                                          self.account.positions.values() if p.is_open)
 
     def restore(self, wallet: float, positions: list[Position],
-                last_prices: dict[str, float] | None = None) -> None:
-        """Start from a known account state (resuming a paper run)."""
+                last_prices: dict[str, float] | None = None,
+                ids: dict[str, int] | None = None) -> None:
+        """Start from a known account state (resuming a paper run). ``ids``: the order and
+        trade sequences the previous process reached (``ids()``), so the venue's ids go on
+        from there: a trade id is a trade's identity for ever, never handed out twice."""
         self.account.wallet = wallet
         self._last_price.update(last_prices or {})
+        if ids:
+            self._seq = max(self._seq, int(ids.get("order", 0)))
+            self._trade_seq = max(self._trade_seq, int(ids.get("trade", 0)))
         for p in positions:
             self.account.positions[p.symbol] = Position(
                 p.symbol, p.qty, p.avg_entry, p.realized_pnl, p.fees, p.funding, p.opened_ts,
                 p.last_price, p.leverage)
+
+    def ids(self) -> dict[str, int]:
+        """The order and trade sequences so far (a restart continues them: ``restore``)."""
+        return {"order": self._seq, "trade": self._trade_seq}
 
     def _validate(self, req: OrderRequest, price_now: float | None = None) -> None:
         inst = self._instrument(req.symbol)

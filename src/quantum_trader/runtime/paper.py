@@ -77,7 +77,8 @@ async def restore_node(node: TradingNode, store: TradeStore, series: Sequence[Ba
     pf.replace_positions(positions)
     for pos in positions:
         pf.mark(pos.symbol, pos.last_price, cp.ts)
-    node.exchange.restore(cp.wallet, positions, cp.extra.get("last_close", {}))
+    node.exchange.restore(cp.wallet, positions, cp.extra.get("last_close", {}),
+                          cp.extra.get("venue_ids"))
     node.restore_open_trades(cp.extra.get("open_trades", {}))
     # Working orders live on the exchange; the simulated one lost them with the process.
     open_orders = await store.open_orders()
@@ -188,4 +189,5 @@ def node_checkpoint(node: TradingNode, last_ts: dict[str, int]) -> Checkpoint:
                       pf.day_start_ts, pf.day_start_equity, int(node.risk.trading_state),
                       pf.fees_paid, pf.funding_paid, ts,
                       {"open_trades": node.open_trades_state(),
-                       "last_close": node.exchange.last_prices()})
+                       "last_close": node.exchange.last_prices(),
+                       "venue_ids": node.exchange.ids()})

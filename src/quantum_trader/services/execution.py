@@ -285,7 +285,7 @@ class ExecutionService(Service):
             # its working orders (the store has them).
             self.driver.now = self.market_now
             self.driver.restore(self.portfolio.wallet, self.portfolio.open_positions,
-                                self.last_prices)
+                                self.last_prices, cp.extra.get("venue_ids"))
             for order in self.engine.working_orders():
                 if order.status in (OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED) \
                         and order.remaining > 0:
@@ -780,7 +780,9 @@ class ExecutionService(Service):
                           pf.fees_paid, pf.funding_paid, self.market_now,
                           {"open_trades": self.engine.open_trades_state(),
                            "last_close": dict(self.last_prices),
-                           "stop_outs": dict(self.stop_outs)})
+                           "stop_outs": dict(self.stop_outs),
+                           "venue_ids": self.driver.exchange.ids()
+                           if isinstance(self.driver, SimulatedVenue) else {}})
 
     def _snapshot_of(self, pos: Any, ts: int, trace_id: str) -> PositionSnapshot:
         entry = next((i for i in reversed(list(self.engine.entries.values()))
