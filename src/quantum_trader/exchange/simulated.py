@@ -595,7 +595,8 @@ class SimulatedExchange:
         chunk = inst.round_qty_down(qty / parts) if parts > 1 else qty
         done = 0.0
         for k in range(parts):
-            part = qty - done if k == parts - 1 or chunk <= 0 else chunk
+            part = inst.round_qty_down(qty - done) if k == parts - 1 or chunk <= 0 \
+                else chunk
             if part <= _EPS:
                 break
             fee = part * price * fee_rate

@@ -158,6 +158,7 @@ class ExecutionService(Service):
         self._protect = settings.exits.stop_loss
         self._grace_ms = int(settings.exchange.protection_grace_s * 1000)
         self.health.add("exchange", self._check_exchange, critical=True)
+        self.health.add("trading", self._check_breaker, critical=False)
         self.health.add("venue settings", self._check_settings, critical=False)
         self.health.add("protection", self._check_protection, critical=False)
         self.health.add("store writes", self._check_store_writes, critical=False)
@@ -167,8 +168,10 @@ class ExecutionService(Service):
 
     # --- health -------------------------------------------------------------------------------
     async def _check_exchange(self) -> str | None:
-        if self.refusal is not None:
-            return self.refusal
+        return self.refusal  # a venue we must not trade on: DOWN
+
+    async def _check_breaker(self) -> str | None:
+        # Venue errors or the kill switch hold new entries back: DEGRADED, the service works.
         state = self.driver.breaker.state.name
         return None if state == "ACTIVE" else f"exchange circuit breaker {state}"
 
