@@ -100,6 +100,9 @@ class ExchangeSection(_Section):
     # Our wallet is moved to the venue's when they differ by more than this (USDT).
     wallet_tolerance: float = Field(0.01, ge=0)
     recv_window_ms: int = Field(5_000, ge=1_000, le=60_000)
+    # An entry is sent only with at least this much (wall) time left before it expires: a
+    # send can take that long (retries, the venue's latency), and it must not arrive stale.
+    send_margin_s: float = Field(2.0, ge=0)
     # Binance limits request weight per IP, and every service that talks to the venue runs
     # from the same host: each gets a share, so together they never exceed the limit (even
     # when some requests go unanswered and their counts cannot be read from the venue).

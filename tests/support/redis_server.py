@@ -72,7 +72,8 @@ class RedisServer:
     """A private ``redis-server`` with AOF in ``directory``; restartable on the same port."""
 
     def __init__(self, directory: Path, port: int | None = None,
-                 appendfsync: Literal["always", "everysec"] = "always") -> None:
+                 appendfsync: Literal["always", "everysec"] = "always",
+                 persist: bool = True) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed (apt-get install redis-server); the "
@@ -81,6 +82,7 @@ class RedisServer:
         self.directory = directory
         self.port = port or free_port()
         self.appendfsync = appendfsync
+        self.persist = persist  # False: a restart loses every stream and consumer group
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -97,7 +99,7 @@ class RedisServer:
             raise RuntimeError("redis-server is already running")
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--appendonly", "yes",
+             "--dir", str(self.directory), "--appendonly", "yes" if self.persist else "no",
              "--appendfsync", self.appendfsync, "--save", "",
              "--daemonize", "no", "--logfile", str(self.log_file)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

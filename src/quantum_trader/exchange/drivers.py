@@ -102,6 +102,9 @@ class VenueDriver(Protocol):
 
     async def snapshot(self) -> VenueSnapshot: ...
 
+    async def market_time(self, symbol: str) -> int:
+        """The venue's clock now (market time: wall time on a live venue)."""
+
     def conclusive(self, sent_wall_ms: int) -> bool:
         """True once an attempt sent then can no longer be accepted by the venue."""
 
@@ -179,6 +182,9 @@ class SimulatedVenue:
         x = self.exchange
         return VenueSnapshot(x.open_orders(), VenueAccount(self.now, x.wallet,
                                                            tuple(x.positions())))
+
+    async def market_time(self, symbol: str) -> int:
+        return self.now
 
     def conclusive(self, sent_wall_ms: int) -> bool:
         return True
@@ -353,6 +359,11 @@ class LiveVenue:
         orders = await call_with_retries(self.adapter.open_orders)
         account = await call_with_retries(self.adapter.account)
         return VenueSnapshot(orders, account)
+
+    async def market_time(self, symbol: str) -> int:
+        """The venue's clock, from its mark price (one light request)."""
+        info = await call_with_retries(functools.partial(self.adapter.mark_info, symbol))
+        return info.ts
 
     def conclusive(self, sent_wall_ms: int) -> bool:
         return self.placer.conclusive(sent_wall_ms)

@@ -53,5 +53,8 @@ def make_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     if backend == "postgresql":
         # No pool_pre_ping (a round trip on every checkout, on the order path): the store
         # retries a transaction once when it finds its connection dead (SqlTradeStore).
-        return create_async_engine(u, **kwargs)
+        # Bounded waits: a database that restarts must not hold a service (and its lock on
+        # the books) for asyncpg's default minute; the caller retries.
+        connect_args = {"timeout": 5, "command_timeout": 30, **kwargs.pop("connect_args", {})}
+        return create_async_engine(u, connect_args=connect_args, **kwargs)
     raise StoreError(f"unsupported database {redact(u)!r}: use sqlite or postgresql")

@@ -336,6 +336,27 @@ class SimState:
             self._sim_offset += bars * self._bar_ms
             self.sync()
 
+    def set_pace(self, bar_seconds: float) -> None:
+        """Go on from the sim time now at a new pace (0: stand still until ``advance``)."""
+        if self.config.wall_clock:
+            raise ValueError("a wall-clock replay moves with the wall clock only")
+        with self.lock:
+            now = self.sim_now()
+            self._sim_offset = now - self._sim_start
+            self._wall_start = time.monotonic()
+            self.config.bar_seconds = bar_seconds
+            self.sync()
+
+    def freeze(self) -> None:
+        """Stop the sim clock where it is now (the market pauses; ``advance`` moves it on)."""
+        if self.config.wall_clock:
+            raise ValueError("a wall-clock replay moves with the wall clock only")
+        with self.lock:
+            now = self.sim_now()
+            self.config.bar_seconds = 0
+            self._sim_offset = now - self._sim_start
+            self.sync()
+
     @staticmethod
     def wall_ms() -> int:
         return int(time.time() * 1000)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from decimal import Decimal
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from quantum_trader.domain.instruments import Instrument
