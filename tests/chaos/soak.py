@@ -161,6 +161,7 @@ def run_soak(cfg: SoakConfig, workdir: Path | None = None) -> SoakReport:
     report = SoakReport(cfg.seed, cfg.duration_s)
     root = Path(workdir or tempfile.mkdtemp(prefix="qt-soak-"))
     root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)  # the database server runs as its own user and must reach its directory
     redis_srv = RedisServer(root / "redis", persist=False)
     pg = PgServer(root / "pg")
     redis_srv.start()

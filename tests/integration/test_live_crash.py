@@ -31,8 +31,8 @@ def test_kill_9_between_send_and_ack_adopts_the_order(tmp_path: Path) -> None:
                 "exchange.kind": "binance-live", "exchange.base_url": srv.url,
                 "exchange.poll_s": 0.05, "exchange.stale_after_s": 5.0,
                 "strategy.fast": 3, "strategy.slow": 8, "risk.cooldown_after_stop_ms": 0,
-                "risk.max_price_deviation": 0.2, "exits.intent_ttl_ms": 3_600_000,
-                "strategy.signal_ttl_ms": 3_600_000,
+                "risk.max_price_deviation": 0.2, "exits.intent_ttl_ms": 43_200_000,
+                "strategy.signal_ttl_ms": 43_200_000,
                 "services.signal_max_age_ms": 600_000}) as c:
             for name in PIPELINE_SERVICES:
                 c.start(name)

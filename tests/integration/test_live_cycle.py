@@ -50,7 +50,7 @@ def test_live_cycle_on_the_simulator_with_a_feed_cut(tmp_path: Path) -> None:
                 "exchange.poll_s": 0.05, "exchange.stale_after_s": 1.0,
                 "strategy.fast": 3, "strategy.slow": 8,
                 "risk.cooldown_after_stop_ms": 0, "risk.max_price_deviation": 0.2,
-                "exits.intent_ttl_ms": 3_600_000, "strategy.signal_ttl_ms": 3_600_000,
+                "exits.intent_ttl_ms": 43_200_000, "strategy.signal_ttl_ms": 43_200_000,
                 "services.signal_max_age_ms": 60_000, "exchange.reconcile_s": 0.5}) as c:
             for name in PIPELINE_SERVICES:
                 c.start(name)

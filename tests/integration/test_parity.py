@@ -47,6 +47,8 @@ def test_live_stack_in_lockstep_trades_exactly_like_the_backtest(tmp_path: Path)
                      round(r["entry_price"], 10), round(r["exit_price"], 10),
                      r["exit_reason"])
                     for r in c.query("select * from closed_trades order by closed_ts, id")]
+            decisions = [(r["ts"], r["reason"], r["detail"]) for r in
+                         c.query("select * from risk_decisions order by ts, id")]
             settings = load_settings(c.config)
     finally:
         srv.stop()
@@ -58,4 +60,8 @@ def test_live_stack_in_lockstep_trades_exactly_like_the_backtest(tmp_path: Path)
                  round(t.entry_price, 10), round(t.exit_price, 10), t.exit_reason)
                 for t in result.trades]
     assert len(backtest) >= 5, "the window must trade to prove anything"
-    assert live == backtest
+    first = next((i for i, (a, b) in enumerate(zip(live, backtest, strict=False)) if a != b),
+                 None)
+    near = [d for d in decisions if first is not None and
+            abs(d[0] - live[first][1]) <= 4 * 1_800_000]
+    assert live == backtest, f"first difference at {first}; live decisions near it: {near}"
