@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -40,13 +41,17 @@ def _bin(name: str) -> str:
 
 class PgServer:
     def __init__(self, directory: Path, port: int | None = None) -> None:
-        self.directory = directory
-        self.data = directory / "data"
         self.port = port or _free_port()
         self._as_root = os.geteuid() == 0
-        directory.mkdir(parents=True, exist_ok=True)
         if self._as_root:
+            # The server's own user must reach its directory: test directories are private
+            # to root (0700), so the cluster lives in a directory of its own.
+            directory = Path(tempfile.mkdtemp(prefix="qt-pg-"))
+            directory.chmod(0o755)
             shutil.chown(directory, "postgres", "postgres")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.data = directory / "data"
 
     def _run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = list(argv)

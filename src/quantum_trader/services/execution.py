@@ -385,6 +385,9 @@ class ExecutionService(Service):
                 self.journal.record(order)
                 return
         self._held.pop(order.client_order_id, None)
+        if self.refusal is not None:  # a venue we must not trade on: nothing is sent
+            engine.refuse(order, now, self.refusal)
+            return
         request = engine.request_for(order)
 
         async def before_send(_req: OrderRequest, _wall: int) -> None:

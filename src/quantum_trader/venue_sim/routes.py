@@ -206,7 +206,7 @@ def build_api(st: SimState) -> FastAPI:
     @app.get("/fapi/v1/positionSide/dual")
     async def dual(request: Request) -> dict[str, Any]:
         await params(request, signed=True)
-        return {"dualSidePosition": False}
+        return {"dualSidePosition": st.dual_side_position}
 
     @app.get("/fapi/v1/multiAssetsMargin")
     async def multi_assets(request: Request) -> dict[str, Any]:

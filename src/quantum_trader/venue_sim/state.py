@@ -306,6 +306,9 @@ class SimState:
         self._funding_seen = 0
         self._placed: Counter[str] = Counter()  # client id -> orders placed with it
         self.margin_type: dict[str, str] = {}
+        # Hedge mode (Binance's dualSidePosition): positions per side. The matching core is
+        # one-way only; the flag is reported so clients can be tested refusing it.
+        self.dual_side_position = False
         self._next_order = 4_000_000_000
         self._next_algo = 1_000_000_000_000  # a range of its own: an algoId is no orderId
         self._next_trade = 200_000_000
