@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from quantum_trader.domain.enums import IntentPurpose, OrderStatus, OrderType, Side
@@ -149,6 +149,8 @@ class ExecutionEngine:
                  instruments: Callable[[str], Instrument] = instrument_for) -> None:
         self.portfolio = portfolio
         self.journal: Journal = journal or NullJournal()
+        # A backtest keeps no journal: skip building what nobody records.
+        self._journaling = not isinstance(self.journal, NullJournal)
         self.leverage = leverage
         self._instrument = instruments
         self._orders: dict[str, Order] = {}  # client id -> every order this process knows
@@ -173,6 +175,10 @@ class ExecutionEngine:
         """Every order known, by client id (read-only use)."""
         return self._orders
 
+    @property
+    def has_live_orders(self) -> bool:
+        return bool(self._live)
+
     def live_orders(self, symbol: str | None = None) -> list[Order]:
         """Orders working on the venue, in flight, or waiting for their trades."""
         return [o for o in self._live.values() if symbol is None or o.symbol == symbol]
@@ -187,6 +193,8 @@ class ExecutionEngine:
         per symbol (buy > 0): risk counts them as if they had filled. A partly filled entry
         is in the position already."""
         out: dict[str, float] = {}
+        if not self._live:
+            return out
         for o in self._live.values():
             if o.purpose is IntentPurpose.ENTRY and o.status.is_open and o.filled_qty == 0:
                 px = o.price or prices.get(o.symbol, 0.0)
@@ -237,10 +245,10 @@ class ExecutionEngine:
         such as 15550.099999999999 would otherwise cost a whole step at the venue)."""
         inst = self._instrument(order.symbol)
         qty = inst.round_qty_down(order.remaining if order.filled_qty else order.quantity)
-        price = None if order.price is None else inst.round_price(order.price)
-        stop = None if order.stop_price is None else inst.round_price(order.stop_price)
+        # Prices come rounded from where they are decided (risk, the exit brain); one off the
+        # tick grid is refused before sending by the adapter, never silently moved.
         return OrderRequest(order.client_order_id, order.symbol, order.side, order.order_type,
-                            qty, order.reduce_only, price, stop)
+                            qty, order.reduce_only, order.price, order.stop_price)
 
     def sent(self, order: Order, ts: int, wall_ms: int) -> None:
         """About to send (or sent): NEW → SUBMITTED, journaled. ``wall_ms`` is when, on the
@@ -292,11 +300,16 @@ class ExecutionEngine:
                                         update.order_type or OrderType.MARKET,
                                         update.reduce_only)
         changed = order.apply_update(update)
-        if update.venue_order_id:
-            self._by_venue_id.setdefault(update.venue_order_id, order)
+        vid = update.venue_order_id
+        if vid and vid not in self._by_venue_id:
+            self._by_venue_id[vid] = order
         if changed or update.filled_qty:
-            self._settle(order)
-            self.journal.record(order)
+            if order.is_live:
+                self._live[order.client_order_id] = order
+            else:
+                self._live.pop(order.client_order_id, None)
+            if self._journaling:
+                self.journal.record(order)
         return order
 
     def is_booked(self, trade: VenueTrade) -> bool:
@@ -330,32 +343,33 @@ class ExecutionEngine:
             self._anomaly("trade_after_close", trade.ts, order.trace_id, symbol=trade.symbol,
                           trade_id=trade.trade_id, client_order_id=order.client_order_id,
                           status=order.status.value)
-        fill = Fill(id=f"{order.client_order_id}:{trade.trade_id}", order_id=order.id,
-                    client_order_id=order.client_order_id, symbol=trade.symbol,
-                    side=trade.side, quantity=trade.quantity, price=trade.price, fee=trade.fee,
-                    liquidity=trade.liquidity, ts=trade.ts, trace_id=order.trace_id,
-                    is_liquidation=order.origin is OrderOrigin.LIQUIDATION)
-        booking = self._book(order, fill, not within)
+        booking = self._book(order, trade, not within)
         self._settle(order)
-        self.journal.record(order)
-        self.journal.record(trade)
+        if self._journaling:
+            self.journal.record(order)
+            self.journal.record(trade)
         return booking
 
-    def _book(self, order: Order, fill: Fill, overfilled: bool) -> Booking:
+    def _book(self, order: Order, trade: VenueTrade, overfilled: bool) -> Booking:
         pf = self.portfolio
-        pos = pf.position(fill.symbol)
+        sym = trade.symbol
+        pos = pf.position(sym)
         was_open = pos.is_open
         before_sign = pos.side_sign
-        realized = pf.apply_fill(fill, self.leverage)
-        fill = replace(fill, realized_pnl=realized)
-        self.journal.record(fill)
-        sym = fill.symbol
+        realized = pf.apply_trade(sym, trade.side.sign * trade.quantity, trade.price,
+                                  trade.fee, trade.ts, self.leverage)
+        fill = Fill(f"{order.client_order_id}:{trade.trade_id}", order.id,
+                    order.client_order_id, sym, trade.side, trade.quantity, trade.price,
+                    trade.fee, trade.liquidity, trade.ts, order.trace_id, realized,
+                    order.origin is OrderOrigin.LIQUIDATION)
+        if self._journaling:
+            self.journal.record(fill)
         opened = pos.is_open and (not was_open or pos.side_sign != before_sign)
         if opened:
             self._open_trades[sym] = _OpenTrade(pos, fill.side, order.trace_id, fill.fee)
-        trade = self._open_trades.get(sym)
-        if trade is not None and pos.is_open:
-            trade.max_qty = max(trade.max_qty, abs(pos.qty))
+        open_trade = self._open_trades.get(sym)
+        if open_trade is not None and pos.is_open:
+            open_trade.max_qty = max(open_trade.max_qty, abs(pos.qty))
         reason = EXIT_REASONS.get(order.tag, order.reason or "exit")
         closed = None
         if was_open and not pos.is_open:
@@ -497,9 +511,11 @@ class ExecutionEngine:
     def unprotected(self) -> list[str]:
         """Open positions with neither a working protective stop on the venue nor a market
         order closing them."""
-        return sorted(s for s, p in self.portfolio.positions.items()
-                      if p.is_open and self.protective_stop(s) is None
-                      and not self.closing(s))
+        held = [s for s, p in self.portfolio.positions.items() if p.is_open]
+        if not held:
+            return []
+        return sorted(s for s in held
+                      if self.protective_stop(s) is None and not self.closing(s))
 
     # --- restart ---------------------------------------------------------------------------
     def open_trades_state(self) -> dict[str, dict[str, object]]:

@@ -79,7 +79,7 @@ def _to_grid(value: float, step: float, mode: str) -> float:
     """``value`` on the grid of ``step`` (rounded by ``mode``), as the double nearest to the
     decimal multiple: ``n * m`` is an exact integer and ``10**e`` an exact power of ten, and
     IEEE division is correctly rounded, so the result prints as the venue expects."""
-    if not math.isfinite(value) or step <= 0:
+    if step <= 0 or value != value or value in (math.inf, -math.inf):
         return value
     m, scale = _grid(step)
     steps = value * scale / m

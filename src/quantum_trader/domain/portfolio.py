@@ -50,13 +50,19 @@ class Portfolio:
         return pos
 
     def apply_fill(self, fill: Fill, leverage: float = 1.0) -> float:
-        pos = self.position(fill.symbol)
+        return self.apply_trade(fill.symbol, fill.side.sign * fill.quantity, fill.price,
+                                fill.fee, fill.ts, leverage)
+
+    def apply_trade(self, symbol: str, signed_qty: float, price: float, fee: float, ts: int,
+                    leverage: float = 1.0) -> float:
+        """Book one execution (buy > 0); returns the PnL it realized."""
+        pos = self.position(symbol)
         was_open = pos.is_open
-        realized = pos.apply_fill(fill.side.sign * fill.quantity, fill.price, fill.fee, fill.ts)
+        realized = pos.apply_fill(signed_qty, price, fee, ts)
         if not was_open:
             pos.leverage = leverage
-        self.wallet += realized - fill.fee
-        self.fees_paid += fill.fee
+        self.wallet += realized - fee
+        self.fees_paid += fee
         self._refresh_unrealized()
         return realized
 

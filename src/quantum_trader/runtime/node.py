@@ -116,9 +116,10 @@ class TradingNode:
         if signal.direction.sign == 0:
             return None
         ctx = self.risk.ctx
+        engine = self.engine
         if self._protect:
-            ctx.unprotected = frozenset(self.engine.unprotected())
-        ctx.pending = self.engine.pending_entries(ctx.last_prices)
+            ctx.unprotected = frozenset(engine.unprotected())
+        ctx.pending = engine.pending_entries(ctx.last_prices)
         decision = self.risk.evaluate_signal(signal, now)
         self.journal.record(decision)
         if decision.approved and decision.intent is not None:
