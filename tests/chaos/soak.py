@@ -204,28 +204,11 @@ def run_soak(cfg: SoakConfig, workdir: Path | None = None) -> SoakReport:
             sup = threading.Thread(target=_supervise, args=(c, stop_supervisor, restarts),
                                    daemon=True)
             sup.start()
-            r = redis.Redis.from_url(redis_srv.url)
-            schedule = _schedule(cfg, rng)
-            t0 = time.monotonic()
-            for at, what in schedule:
-                delay = t0 + at - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                report.events.append(f"{at:6.1f}s {what}")
-                _do(what, c, state, srv, redis_srv, pg, r, rng, cfg, kills)
-            remaining = t0 + cfg.duration_s - time.monotonic()
-            if remaining > 0:
-                time.sleep(remaining)
-            # The end: faults off, the market stops, the stack settles.
-            state.config.faults.probabilities = {}
-            state.set_pace(2.0)  # the market slows down to a bar every 2 s: books can settle
-            unsettled = _settle(c, state, cfg.settle_timeout_s)
-            if unsettled is not None:
-                report.violations.append(f"did not settle in {cfg.settle_timeout_s:.0f}s: "
-                                         f"{unsettled}")
-            stop_supervisor.set()
-            monitor.stop_event.set()
-            _check(c, state, monitor, cfg, report)
+            try:
+                _chaos(cfg, c, state, srv, redis_srv, pg, rng, kills, monitor, report)
+            finally:
+                stop_supervisor.set()  # before the stack goes: nothing may restart it
+                sup.join(5)
             report.counts.update({f"kills {k}": v for k, v in kills.items()})
             report.counts["restarts"] = sum(restarts.values())
             report.counts["faults injected"] = sum(state.faults_injected.values())
@@ -241,6 +224,33 @@ def run_soak(cfg: SoakConfig, workdir: Path | None = None) -> SoakReport:
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
     return report
+
+
+def _chaos(cfg: SoakConfig, c: Cluster, state: SimState, srv: SimServer,
+           redis_srv: RedisServer, pg: PgServer, rng: random.Random, kills: Counter[str],
+           monitor: _ExposureMonitor, report: SoakReport) -> None:
+    """The run: the schedule of faults and kills, then the settle and the checks."""
+    r = redis.Redis.from_url(redis_srv.url)
+    schedule = _schedule(cfg, rng)
+    t0 = time.monotonic()
+    for at, what in schedule:
+        delay = t0 + at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        report.events.append(f"{at:6.1f}s {what}")
+        _do(what, c, state, srv, redis_srv, pg, r, rng, cfg, kills)
+    remaining = t0 + cfg.duration_s - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
+    # The end: faults off, the market stops, the stack settles.
+    state.config.faults.probabilities = {}
+    state.set_pace(2.0)  # the market slows down to a bar every 2 s: books can settle
+    unsettled = _settle(c, state, cfg.settle_timeout_s)
+    if unsettled is not None:
+        report.violations.append(f"did not settle in {cfg.settle_timeout_s:.0f}s: "
+                                 f"{unsettled}")
+    monitor.stop_event.set()
+    _check(c, state, monitor, cfg, report)
 
 
 def _schedule(cfg: SoakConfig, rng: random.Random) -> list[tuple[float, str]]:

@@ -237,7 +237,8 @@ class ExecutionEngine:
             expires_at=intent.expires_at)
         self._orders[cid] = order
         self._live[cid] = order
-        self.remember_entry(intent)
+        if intent.purpose is IntentPurpose.ENTRY:
+            self.entries[cid] = intent
         return order
 
     def request_for(self, order: Order) -> OrderRequest:

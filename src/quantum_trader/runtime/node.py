@@ -123,8 +123,7 @@ class TradingNode:
         decision = self.risk.evaluate_signal(signal, now)
         self.journal.record(decision)
         if decision.approved and decision.intent is not None:
-            self.engine.remember_entry(decision.intent)
-            self._place(decision.intent, now)
+            self._place(decision.intent, now)  # the engine keeps the entry's levels
         else:
             self.rejections[decision.reason] = self.rejections.get(decision.reason, 0) + 1
         return decision
@@ -150,8 +149,7 @@ class TradingNode:
                 self.rejections[decision.reason] = self.rejections.get(decision.reason, 0) + 1
 
     def place(self, intent: OrderIntent, now: int) -> Order:
-        """Place an intent approved elsewhere."""
-        self.engine.remember_entry(intent)
+        """Place an intent approved elsewhere (the engine keeps an entry's levels)."""
         return self._place(intent, now)
 
     def remember_entry(self, intent: OrderIntent) -> None:
