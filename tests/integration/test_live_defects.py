@@ -40,6 +40,7 @@ from quantum_trader.domain.records import (
     PositionSnapshot,
 )
 from quantum_trader.domain.venue import OrderOrigin
+from quantum_trader.observability.metrics import REGISTRY
 from quantum_trader.services.execution import ExecutionService
 from quantum_trader.services.messages import bar_id, bar_payload
 from quantum_trader.services.risk_safety import RiskSafetyService
@@ -54,6 +55,11 @@ pytestmark = pytest.mark.integration
 KEY = b"k" * 32
 SYM = "XRPUSDT"
 HOUR = 3_600_000
+
+
+def _gauge(name: str, **labels: str) -> float:
+    """A metric's value as /metrics would show it (0 before its first sample)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 class Stack:
@@ -341,12 +347,16 @@ async def test_an_unprotected_position_gets_a_stop_and_entries_hear_of_it(
         await svc.on_approved(approval(st.entry("e1")))
         await st.next_bar(svc)  # the entry fills; nobody places a stop
         await asyncio.sleep(0.3)
+        assert _gauge("positions_unprotected") == 0  # within the grace period: not yet
         await st.next_bar(svc)  # the grace period is over: execution guards it itself
+        assert _gauge("positions_unprotected") == 1  # ... and the alert's gauge says so
         stops = list(st.state.open_orders(SYM, algo=True))
         assert len(stops) == 1
         assert stops[0].side is Side.SELL
         assert stops[0].reduce_only
         assert svc.engine.unprotected() == []
+        await st.next_bar(svc)
+        assert _gauge("positions_unprotected") == 0
 
 
 async def test_the_venue_is_the_truth_for_the_wallet_and_funding_is_booked(
@@ -357,6 +367,7 @@ async def test_the_venue_is_the_truth_for_the_wallet_and_funding_is_booked(
         svc = await st.execution()
         await svc.on_approved(approval(st.entry("e1")))
         await st.next_bar(svc, 20)  # held across a funding time (every 8 h)
+        adopted_before = _gauge("book_adjustments_total", kind="wallet_adopted")
         with st.state.lock:
             st.state.core.account.wallet += 250.0  # a deposit
         async with svc._lock:
@@ -371,6 +382,7 @@ async def test_the_venue_is_the_truth_for_the_wallet_and_funding_is_booked(
         assert len(ours) == len(funding)
         assert sum(p.amount for p in ours) == pytest.approx(-sum(r.income for r in funding))
         assert any(a.kind == "wallet_adopted" for a in await store.audit())
+        assert _gauge("book_adjustments_total", kind="wallet_adopted") == adopted_before + 1
 
 
 async def test_leverage_that_cannot_change_is_kept_and_reported_not_a_crash_loop(

@@ -315,6 +315,24 @@ async def test_kill_and_resume_publish_control_messages() -> None:
     await handlers["resume"](Command("resume", (), CHAT, "@alice"))
     deliveries = await bus.read("control", "risk-safety", "c", count=10, block_ms=0)
     assert [d.message.type for d in deliveries if d.message] == ["kill", "resume"]
+    assert deliveries[0].message is not None
+    assert deliveries[0].message.payload["flatten"] is False
+
+
+async def test_kill_flatten_asks_for_every_position_closed_and_bad_arguments_send_nothing(
+) -> None:
+    bus = InMemoryBus()
+    await bus.ensure_group("control", "risk-safety")
+    handlers = control_commands(bus)
+    reply = await handlers["kill"](Command("kill", ("flatten",), CHAT, "@alice"))
+    assert "closing every position" in reply
+    for bad in (("flaten",), ("flatten", "now")):
+        reply = await handlers["kill"](Command("kill", bad, CHAT, "@alice"))
+        assert "nothing sent" in reply
+    assert "nothing sent" in await handlers["pause"](Command("pause", ("x",), CHAT, "@a"))
+    deliveries = await bus.read("control", "risk-safety", "c", count=10, block_ms=0)
+    assert [(d.message.type, d.message.payload["flatten"]) for d in deliveries
+            if d.message] == [("kill", True)]
 
 
 async def test_stale_commands_are_not_executed(fake: FakeTelegram) -> None:

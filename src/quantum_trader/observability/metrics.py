@@ -36,6 +36,13 @@ BUS_CONSUMER_LAG = Gauge("bus_consumer_lag", "Entries not yet acknowledged by a 
 DEADLETTER = Counter("deadletter", "Messages moved to the dead-letter stream", ["stream"],
                      registry=REGISTRY)
 POSITIONS_OPEN = Gauge("positions_open", "Open positions", registry=REGISTRY)
+POSITIONS_UNPROTECTED = Gauge("positions_unprotected",
+                              "Open positions with no working protective stop on the venue for "
+                              "longer than exchange.protection_grace_s", registry=REGISTRY)
+BOOK_ADJUSTMENTS = Counter("book_adjustments",
+                           "Reconciliations that found our positions or wallet different from "
+                           "the venue's with every trade booked, and adopted the venue's",
+                           ["kind"], registry=REGISTRY)
 EQUITY_USD = Gauge("equity_usd", "Account equity in USD(T)", registry=REGISTRY)
 DRAWDOWN_RATIO = Gauge("drawdown_ratio", "Drawdown from the equity peak (0-1)",
                        registry=REGISTRY)

@@ -230,11 +230,22 @@ def control_commands(bus: Bus, *, topic: str = "control",
 
     def make(kind: str, done: str) -> CommandHandler:
         async def handler(cmd: Command) -> str:
+            payload: dict[str, Any] = {"by": f"telegram:{cmd.user}", "via": "telegram",
+                                       "chat_id": cmd.chat_id}
+            text = done
+            if kind == "kill":
+                # "/kill" keeps the protective stops; "/kill flatten" also closes every position
+                if cmd.args not in ((), ("flatten",)):
+                    return (f"/kill {' '.join(cmd.args)}: unknown argument, nothing sent. "
+                            "Use /kill (stops stay) or /kill flatten (close every position).")
+                payload["flatten"] = cmd.args == ("flatten",)
+                text += (", closing every position at market" if payload["flatten"]
+                         else ", protective stops stay working")
+            elif cmd.args:
+                return f"/{kind} takes no arguments, nothing sent."
             trace_id = uuid.uuid4().hex
-            await bus.publish(topic, Message(kind, {"by": f"telegram:{cmd.user}",
-                                                    "via": "telegram", "chat_id": cmd.chat_id},
-                                             clock_ms(), trace_id))
-            return f"{done} (sent to risk-safety, trace {trace_id[:8]})"
+            await bus.publish(topic, Message(kind, payload, clock_ms(), trace_id))
+            return f"{text} (sent to risk-safety, trace {trace_id[:8]})"
 
         return handler
 

@@ -89,11 +89,13 @@ from quantum_trader.exchange.reliable import PlacementUnknown
 from quantum_trader.exchange.simulated import SimulatedExchange
 from quantum_trader.observability.metrics import (
     BAR_TO_ORDER_SECONDS,
+    BOOK_ADJUSTMENTS,
     DAILY_LOSS_RATIO,
     DRAWDOWN_RATIO,
     EQUITY_USD,
     ORDERS_PLACED,
     POSITIONS_OPEN,
+    POSITIONS_UNPROTECTED,
 )
 from quantum_trader.runtime.clock import wall_ms
 from quantum_trader.services.base import Service
@@ -145,7 +147,8 @@ class ExecutionService(Service):
         self._lock = asyncio.Lock()
         self._held: dict[str, Order] = {}  # entries waiting for the exit of the opposite side
         self._recent_intents: deque[str] = deque(maxlen=_RECENT_INTENTS)
-        self._unprotected_since: dict[str, int] = {}
+        self._unprotected_since: dict[str, int] = {}  # reset when a guard stop is sent
+        self._unprotected_first: dict[str, int] = {}  # not reset: what the metric reports
         self._guard_seq = 0
         self.stop_outs: dict[str, int] = {}  # symbol -> time of its last stop-out (cooldown)
         self.kept_settings: dict[str, str] = {}
@@ -616,6 +619,8 @@ class ExecutionService(Service):
                 clean = False
                 level = "info" if first_start else "error"
                 getattr(self.log, level)(a.kind, **a.detail)
+                if not first_start:  # the first start takes over what it finds, as intended
+                    BOOK_ADJUSTMENTS.labels(a.kind).inc()
         self.reconciled += 1
         self.last_reconcile_ok = clean
 
@@ -626,14 +631,18 @@ class ExecutionService(Service):
             return
         now_wall = wall_ms()
         unprotected = set(self.engine.unprotected())
-        for sym in list(self._unprotected_since):
-            if sym not in unprotected:
-                self._unprotected_since.pop(sym)
+        for since_by_symbol in (self._unprotected_since, self._unprotected_first):
+            for sym in list(since_by_symbol):
+                if sym not in unprotected:
+                    since_by_symbol.pop(sym)
         for sym in sorted(unprotected):
+            self._unprotected_first.setdefault(sym, now_wall)
             since = self._unprotected_since.setdefault(sym, now_wall)
             if now_wall - since >= self._grace_ms:
                 await self._place_guard(sym)
                 self._unprotected_since[sym] = now_wall  # give it a grace period too
+        POSITIONS_UNPROTECTED.set(sum(1 for t in self._unprotected_first.values()
+                                      if now_wall - t >= self._grace_ms))
 
     async def _place_guard(self, symbol: str) -> None:
         pos = self.portfolio.positions[symbol]

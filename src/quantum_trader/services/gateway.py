@@ -135,7 +135,8 @@ class GatewayService(Service):
             else:
                 text = (f"KILL SWITCH done: {len(d.get('canceled') or [])} entry orders "
                         f"canceled; {len(kept)} protective stops KEPT working on the venue. "
-                        "Positions stay open: send kill with flatten to close them.")
+                        "Positions stay open: /kill flatten (or POST /control/kill?flatten=true) "
+                        "closes them.")
             failed = d.get("cancel_failed") or []
             if failed:
                 text += f" {len(failed)} cancels FAILED: check the venue."
