@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import signal
@@ -50,7 +49,13 @@ import redis
 
 from quantum_trader.domain.enums import OrderType, Side
 from quantum_trader.venue_sim import FaultConfig, SimServer, SimServerConfig, SimState, load_series
-from tests.support.cluster import PIPELINE_SERVICES, Cluster, cluster
+from tests.support.cluster import (
+    PIPELINE_SERVICES,
+    Cluster,
+    clear_venue_keys,
+    cluster,
+    set_venue_keys,
+)
 from tests.support.pg_server import PgServer
 from tests.support.redis_server import RedisServer
 
@@ -172,10 +177,7 @@ def run_soak(cfg: SoakConfig, workdir: Path | None = None) -> SoakReport:
                                      weight_limit=60_000, faults=_faults(cfg.fault_rate,
                                                                          cfg.seed)))
     srv = SimServer(state).start()
-    (root / "key").write_text(state.config.api_key)
-    (root / "secret").write_text(state.config.api_secret)
-    os.environ["QT_SECRETS__EXCHANGE_API_KEY_FILE"] = str(root / "key")
-    os.environ["QT_SECRETS__EXCHANGE_API_SECRET_FILE"] = str(root / "secret")
+    set_venue_keys(root, state.config.api_key, state.config.api_secret)
     monitor = _ExposureMonitor(state)
     stop_supervisor = threading.Event()
     restarts: Counter[str] = Counter()
@@ -219,8 +221,7 @@ def run_soak(cfg: SoakConfig, workdir: Path | None = None) -> SoakReport:
         srv.stop()
         redis_srv.stop()
         pg.remove()
-        os.environ.pop("QT_SECRETS__EXCHANGE_API_KEY_FILE", None)
-        os.environ.pop("QT_SECRETS__EXCHANGE_API_SECRET_FILE", None)
+        clear_venue_keys()
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
     return report

@@ -4,13 +4,17 @@ and adopted; no second order."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from quantum_trader.venue_sim import SimServer, SimServerConfig, SimState, load_series
-from tests.support.cluster import PIPELINE_SERVICES, cluster
+from tests.support.cluster import (
+    PIPELINE_SERVICES,
+    clear_venue_keys,
+    cluster,
+    set_venue_keys,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -22,10 +26,7 @@ def test_kill_9_between_send_and_ack_adopts_the_order(tmp_path: Path) -> None:
                                      start_bar=600, weight_limit=24_000))
     state.config.faults.timeout_s = 30.0  # the held answer outlives the process
     srv = SimServer(state).start()
-    (tmp_path / "key").write_text(state.config.api_key)
-    (tmp_path / "secret").write_text(state.config.api_secret)
-    os.environ["QT_SECRETS__EXCHANGE_API_KEY_FILE"] = str(tmp_path / "key")
-    os.environ["QT_SECRETS__EXCHANGE_API_SECRET_FILE"] = str(tmp_path / "secret")
+    set_venue_keys(tmp_path, state.config.api_key, state.config.api_secret)
     try:
         with cluster(tmp_path, **{
                 "exchange.kind": "binance-live", "exchange.base_url": srv.url,
@@ -56,5 +57,4 @@ def test_kill_9_between_send_and_ack_adopts_the_order(tmp_path: Path) -> None:
                            f"'{cid}'")[0][0] == 1
     finally:
         srv.stop()
-        os.environ.pop("QT_SECRETS__EXCHANGE_API_KEY_FILE", None)
-        os.environ.pop("QT_SECRETS__EXCHANGE_API_SECRET_FILE", None)
+        clear_venue_keys()

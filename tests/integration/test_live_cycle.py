@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import time
 from pathlib import Path
 
@@ -19,7 +18,12 @@ from quantum_trader.domain.enums import OrderType, Side
 from quantum_trader.exchange.ccxt_binance import BinanceSettings, CcxtBinanceExchange
 from quantum_trader.exchange.protocol import OrderRequest
 from quantum_trader.venue_sim import SimServer, SimServerConfig, SimState, load_series
-from tests.support.cluster import PIPELINE_SERVICES, cluster
+from tests.support.cluster import (
+    PIPELINE_SERVICES,
+    clear_venue_keys,
+    cluster,
+    set_venue_keys,
+)
 
 pytestmark = pytest.mark.integration
 TF = 1_800_000
@@ -40,10 +44,7 @@ def test_live_cycle_on_the_simulator_with_a_feed_cut(tmp_path: Path) -> None:
     state = SimState(SimServerConfig(series=load_series(["sample:XRP"]), bar_seconds=0.2,
                                      start_bar=600, weight_limit=24_000))
     srv = SimServer(state).start()
-    (tmp_path / "key").write_text(state.config.api_key)
-    (tmp_path / "secret").write_text(state.config.api_secret)
-    os.environ["QT_SECRETS__EXCHANGE_API_KEY_FILE"] = str(tmp_path / "key")
-    os.environ["QT_SECRETS__EXCHANGE_API_SECRET_FILE"] = str(tmp_path / "secret")
+    set_venue_keys(tmp_path, state.config.api_key, state.config.api_secret)
     try:
         with cluster(tmp_path, **{
                 "exchange.kind": "binance-live", "exchange.base_url": srv.url,
@@ -115,5 +116,4 @@ def test_live_cycle_on_the_simulator_with_a_feed_cut(tmp_path: Path) -> None:
             c.wait_for(lambda: ours() == venue(), 10, "our positions to match the venue")
     finally:
         srv.stop()
-        os.environ.pop("QT_SECRETS__EXCHANGE_API_KEY_FILE", None)
-        os.environ.pop("QT_SECRETS__EXCHANGE_API_SECRET_FILE", None)
+        clear_venue_keys()

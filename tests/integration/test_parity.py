@@ -5,7 +5,6 @@ matching core: a difference here is a bug in one of the two paths."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,12 @@ from quantum_trader.config import load_settings
 from quantum_trader.marketdata.sample import resolve_source
 from quantum_trader.runtime.backtest import run_backtest
 from quantum_trader.venue_sim import SimServer, SimServerConfig, SimState, load_series
-from tests.support.cluster import PIPELINE_SERVICES, cluster
+from tests.support.cluster import (
+    PIPELINE_SERVICES,
+    clear_venue_keys,
+    cluster,
+    set_venue_keys,
+)
 from tests.support.lockstep import run_lockstep
 
 pytestmark = pytest.mark.integration
@@ -26,10 +30,7 @@ def test_live_stack_in_lockstep_trades_exactly_like_the_backtest(tmp_path: Path)
     state = SimState(SimServerConfig(series=load_series(["sample:XRP"]), bar_seconds=0,
                                      start_bar=START, weight_limit=100_000))
     srv = SimServer(state).start()
-    (tmp_path / "key").write_text(state.config.api_key)
-    (tmp_path / "secret").write_text(state.config.api_secret)
-    os.environ["QT_SECRETS__EXCHANGE_API_KEY_FILE"] = str(tmp_path / "key")
-    os.environ["QT_SECRETS__EXCHANGE_API_SECRET_FILE"] = str(tmp_path / "secret")
+    set_venue_keys(tmp_path, state.config.api_key, state.config.api_secret)
     try:
         with cluster(tmp_path, **{
                 "exchange.kind": "binance-live", "exchange.base_url": srv.url,
@@ -52,8 +53,7 @@ def test_live_stack_in_lockstep_trades_exactly_like_the_backtest(tmp_path: Path)
             settings = load_settings(c.config)
     finally:
         srv.stop()
-        os.environ.pop("QT_SECRETS__EXCHANGE_API_KEY_FILE", None)
-        os.environ.pop("QT_SECRETS__EXCHANGE_API_SECRET_FILE", None)
+        clear_venue_keys()
     bars = resolve_source("sample:XRP").slice(START, START + BARS + 1)
     result = run_backtest([bars], settings)
     backtest = [(t.side.value, t.opened_ts, t.closed_ts, round(t.quantity, 8),

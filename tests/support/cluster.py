@@ -26,6 +26,23 @@ PIPELINE_SERVICES = ("execution", "risk-safety", "exit-brain", "ai-engine", "mar
 PG_ADMIN = os.environ.get("QT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+_KEY_VARS = ("QT_SECRETS__EXCHANGE_API_KEY_FILE", "QT_SECRETS__EXCHANGE_API_SECRET_FILE")
+
+
+def set_venue_keys(directory: Path, api_key: str, api_secret: str) -> None:
+    """The venue's API key and secret as secret files, named in the environment the service
+    processes inherit (and ``load_settings`` reads); ``clear_venue_keys`` undoes it."""
+    for var, name, value in zip(_KEY_VARS, ("key", "secret"), (api_key, api_secret),
+                                strict=True):
+        (directory / name).write_text(value)
+        os.environ[var] = str(directory / name)
+
+
+def clear_venue_keys() -> None:
+    for var in _KEY_VARS:
+        os.environ.pop(var, None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 from quantum_trader.bus.protocol import (
     DEADLETTER_TOPIC,
-    MAX_MESSAGE_BYTES,
     BusFull,
     Delivery,
     MalformedMessage,
@@ -34,6 +33,7 @@ from quantum_trader.bus.protocol import (
     PublishIncomplete,
     UnknownGroup,
     deadletter_message,
+    encode_for_publish,
     stream_name,
 )
 from quantum_trader.bus.topics import LOSSLESS, StreamGauges, TopicPolicy
@@ -230,23 +230,13 @@ class InMemoryBus:
     # -- publishing ------------------------------------------------------------------------
 
     async def publish(self, topic: str, message: Message) -> str:
-        raw = message.encode()
-        if len(raw) > MAX_MESSAGE_BYTES:
-            raise MalformedMessage(
-                f"message {message.id} of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
-        return await self.publish_raw(topic, raw)
+        return await self.publish_raw(topic, encode_for_publish(message))
 
     async def publish_many(self, topic: str, messages: Sequence[Message]) -> list[str]:
         """Append in order (the Redis bus's batch form, for code written against both).
         Refuses an oversized message before appending any; ``PublishIncomplete`` says what got
         in when the stream stayed full."""
-        raws = []
-        for message in messages:
-            raw = message.encode()
-            if len(raw) > MAX_MESSAGE_BYTES:
-                raise MalformedMessage(
-                    f"message {message.id} of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
-            raws.append(raw)
+        raws = [encode_for_publish(m) for m in messages]
         ids: list[str] = []
         for raw in raws:
             try:

@@ -128,6 +128,15 @@ class Delivery:
 Handler = Callable[[Message], Awaitable[None]]
 
 
+def encode_for_publish(message: Message) -> bytes:
+    """``message`` as bus bytes; ``MalformedMessage`` if it is larger than a bus takes."""
+    raw = message.encode()
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise MalformedMessage(
+            f"message {message.id} of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    return raw
+
+
 def deadletter_message(delivery: Delivery, group: str, reason: str, ts: int) -> Message:
     """The message every adapter writes to ``qt:deadletter``, so dead letters look the same
     whichever bus carried them. The trace id is kept when the original decoded."""

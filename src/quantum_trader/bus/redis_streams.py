@@ -56,7 +56,6 @@ from tenacity import (
 from quantum_trader.bus.memory import PendingEntry
 from quantum_trader.bus.protocol import (
     DEADLETTER_TOPIC,
-    MAX_MESSAGE_BYTES,
     Bus,
     BusFull,
     Delivery,
@@ -65,6 +64,7 @@ from quantum_trader.bus.protocol import (
     PublishIncomplete,
     UnknownGroup,
     deadletter_message,
+    encode_for_publish,
     stream_name,
 )
 from quantum_trader.bus.topics import DEFAULT_POLICY, StreamGauges, TopicPolicy, topic_of
@@ -462,13 +462,7 @@ class RedisStreamBus:
     async def publish_many(self, topic: str, messages: Sequence[Message]) -> list[str]:
         """Append in order with one round trip per batch (the pipelined form of ``publish``).
         Waits for room like ``publish``; ``PublishIncomplete`` says what got in if not all."""
-        raws = []
-        for message in messages:
-            raw = message.encode()
-            if len(raw) > MAX_MESSAGE_BYTES:
-                raise MalformedMessage(
-                    f"message {message.id} of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
-            raws.append(raw)
+        raws = [encode_for_publish(m) for m in messages]
         return await self._append_all(topic, raws)
 
     async def publish_raw(self, topic: str, raw: bytes) -> str:

@@ -30,6 +30,19 @@ from quantum_trader.services.messages import (
 from quantum_trader.store.protocol import TradeStore
 
 
+async def _prepare(service: Service) -> dict[str, int]:
+    """Every pipeline group exists before the first bar (a bar published before a group is
+    created would never reach it); returns where the last run got to, symbol -> bar ts."""
+    for topic, groups in PIPELINE.items():
+        for group in groups:
+            await service.bus.ensure_group(topic, group)
+    if service.store is not None:
+        cp = await service.store.checkpoint(service.name)
+        if cp is not None:
+            return dict(cp.last_bar_ts)
+    return {}
+
+
 class MarketDataService(Service):
     name = "market-data"
 
@@ -40,13 +53,7 @@ class MarketDataService(Service):
         self.last_ts: dict[str, int] = {}
 
     async def on_start(self) -> None:
-        for topic, groups in PIPELINE.items():
-            for group in groups:
-                await self.bus.ensure_group(topic, group)
-        if self.store is not None:
-            cp = await self.store.checkpoint(self.name)
-            if cp is not None:
-                self.last_ts = dict(cp.last_bar_ts)
+        self.last_ts = await _prepare(self)
         self.spawn(self._replay())
 
     async def _settled(self) -> bool:
@@ -120,13 +127,7 @@ class LiveMarketDataService(Service):
     async def on_start(self) -> None:
         from quantum_trader.marketdata.live import LiveKlineFeed
 
-        for topic, groups in PIPELINE.items():
-            for group in groups:
-                await self.bus.ensure_group(topic, group)
-        if self.store is not None:
-            cp = await self.store.checkpoint(self.name)
-            if cp is not None:
-                self.last_ts = dict(cp.last_bar_ts)
+        self.last_ts = await _prepare(self)
         await self.venue.connect()  # retries through venue faults
         x = self.settings.exchange
         feed = LiveKlineFeed(self.venue, list(x.symbols), self.settings.data.timeframe,
