@@ -65,3 +65,13 @@ def test_exchange_weight_shares_must_fit_one_ip(tmp_path: Path) -> None:
         load_settings(cfg, env={})
     cfg.write_text("exchange:\n  weight_shares: {execution: 0.5, market-data: 0.4}\n")
     assert load_settings(cfg, env={}).exchange.weight_shares["market-data"] == 0.4
+
+
+def test_the_shipped_distributed_config_is_valid_and_says_what_the_readme_promises() -> None:
+    """README's distributed-mode commands use deploy/quantum-trader.yaml: it must load as is
+    (no secrets in it) and name PostgreSQL and Redis, not the embedded defaults."""
+    path = Path(__file__).resolve().parents[2] / "deploy" / "quantum-trader.yaml"
+    s = load_settings(path, env={})
+    assert s.store_url().startswith("postgresql+asyncpg://")
+    assert s.services.bus == "redis"
+    assert s.secrets.exchange_api_key is None and s.secrets.approval_hmac_key is None
