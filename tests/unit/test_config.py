@@ -74,4 +74,5 @@ def test_the_shipped_distributed_config_is_valid_and_says_what_the_readme_promis
     s = load_settings(path, env={})
     assert s.store_url().startswith("postgresql+asyncpg://")
     assert s.services.bus == "redis"
-    assert s.secrets.exchange_api_key is None and s.secrets.approval_hmac_key is None
+    assert s.secrets.exchange_api_key is None
+    assert s.secrets.approval_hmac_key is None
