@@ -27,7 +27,7 @@ ACCEPTED=(
   "B404 src/quantum_trader/ops/redis_snapshot.py  subprocess: fixed argv list (redis-server for verification), shell=False"
   "B603 src/quantum_trader/ops/redis_snapshot.py  same"
   "B311 src/quantum_trader/venue_sim/faults.py    random.Random seeds simulated faults; nothing secret"
-  "B107 src/quantum_trader/cli_exchange.py        the local exchange simulator's default demo credentials, not real keys"
+  "B107 src/quantum_trader/cli/exchange.py        the local exchange simulator's default demo credentials, not real keys"
 )
 
 run_bandit() {

@@ -255,6 +255,11 @@ class Settings(_Section):
         replaying = svc.replay_pacing == "lockstep" and self.exchange.kind == "simulated"
         return svc.lockstep_view_wait_s if replaying else svc.view_wait_s
 
+    def sqlite_path(self) -> Path | None:
+        """The embedded store's file when no ``store.url`` is set (``store_url`` creates its
+        directory; this only names it, for commands that must not write)."""
+        return None if self.store.url else self.paths.state_dir / "quantum_trader.db"
+
     def store_url(self) -> str:
         """The configured database, or a SQLite file in the state dir (created on demand)."""
         if self.store.url:
@@ -376,4 +381,6 @@ def _explain(exc: ValidationError, path: Path | None, lines: dict[tuple[str, ...
         text = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" \
             else err["msg"]
         msgs.append(f"{where}: {key}: {text}")
+    if len(msgs) == 1:  # one problem, one line
+        return f"invalid configuration: {msgs[0]}"
     return "invalid configuration:\n  " + "\n  ".join(msgs)

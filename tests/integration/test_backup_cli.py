@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from quantum_trader.cli_ops import backup_app, restore
+from quantum_trader.cli.backup import backup_app, restore
 from quantum_trader.config import Settings
 from quantum_trader.marketdata.sample import load_sample
 from quantum_trader.observability.metrics import BACKUP_LAST_SUCCESS

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from quantum_trader.cli_exchange import data_app
+from quantum_trader.cli.exchange import data_app
 from quantum_trader.domain.models import Bar
 from quantum_trader.exchange.ccxt_binance import BinanceSettings, CcxtBinanceExchange, MarkInfo
 from quantum_trader.marketdata.download import download_klines

@@ -799,7 +799,7 @@ def test_exchange_sim_command_serves_ccxt_paths() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from quantum_trader.cli_exchange import exchange_app; "
+        [sys.executable, "-c", "from quantum_trader.cli.exchange import exchange_app; "
          "exchange_app(prog_name='exchange-sim')", "--port", str(port), "--bar-seconds", "0.2",
          "--data", "sample:XRP"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

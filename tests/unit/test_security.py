@@ -11,7 +11,7 @@ from typing import ClassVar
 import pytest
 from typer.testing import CliRunner
 
-from quantum_trader.cli_security import token_app
+from quantum_trader.cli.tokens import token_app
 from quantum_trader.config import ConfigError, Settings, load_settings
 from quantum_trader.observability.logging import redact
 from quantum_trader.security.middleware import required_scope

@@ -421,9 +421,19 @@ def _checked_ms(ms: IntArray, missing: BoolArray, unparsable: BoolArray, column:
 def _timeframe(path: str, ts: IntArray, timeframe: str | None, column: str) -> str:
     if timeframe is not None:
         try:
-            timeframe_ms(timeframe)
+            step = timeframe_ms(timeframe)
         except ValueError as exc:
             raise DataError(f"{path}: {exc}", path=path) from None
+        # A timeframe shorter than the bars would read them as bars with gaps between; a
+        # longer one is refused below as overlapping bars. Either way, say what they are.
+        if len(ts) >= 2:
+            spacing = int(np.median(np.diff(ts)))
+            if spacing != step:
+                actual = next((n for n, ms in TIMEFRAME_MS.items() if ms == spacing),
+                              f"{spacing} ms")
+                raise DataError(f"{path}: the bars are {actual} apart, not {timeframe}: pass "
+                                f"--timeframe {actual} or leave it out to infer it",
+                                path=path, column=column)
         return timeframe
     if len(ts) < 2:
         raise DataError(f"{path}: cannot infer the timeframe from a single bar; pass it "

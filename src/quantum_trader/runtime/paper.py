@@ -31,6 +31,59 @@ GROUP = "embedded-node"
 WARMUP_BARS = 500
 
 
+@dataclass(frozen=True, slots=True)
+class RunIdentity:
+    """What a paper store was started on: resuming it on other data would continue that
+    account (its wallet, positions and trading state) on bars it never saw."""
+
+    sources: tuple[str, ...]
+    symbols: tuple[str, ...]
+    timeframe: str
+
+    @classmethod
+    def of(cls, sources: Sequence[str], series: Sequence[BarSeries]) -> RunIdentity:
+        return cls(tuple(sources), tuple(sorted(s.symbol for s in series)),
+                   ",".join(sorted({s.timeframe for s in series})))
+
+    def describe(self) -> str:
+        return f"{', '.join(self.sources)} ({', '.join(self.symbols)} {self.timeframe})"
+
+
+class DifferentRun(ValueError):
+    """The store belongs to a run on other data."""
+
+    def __init__(self, stored: RunIdentity, asked: RunIdentity) -> None:
+        super().__init__(f"the store was started on {stored.describe()}, not "
+                         f"{asked.describe()}")
+        self.stored, self.asked = stored, asked
+
+
+async def stored_identity(store: TradeStore, node: str = "embedded") -> RunIdentity | None:
+    """The data the store's run was started on; ``None`` for a store no run has used.
+
+    Stores from before the identity was recorded give their checkpoint's symbols."""
+    for event in await store.audit("run_started"):
+        d = event.detail
+        if "symbols" in d:
+            return RunIdentity(tuple(d.get("sources", ())), tuple(d["symbols"]),
+                               str(d.get("timeframe", "")))
+    cp = await store.checkpoint(node)
+    if cp is None:
+        return None
+    return RunIdentity((), tuple(sorted(cp.last_bar_ts)), "")
+
+
+def check_identity(stored: RunIdentity | None, asked: RunIdentity) -> None:
+    """Refuse to resume a store on other data. What an old store did not record is not
+    compared."""
+    if stored is None:
+        return
+    if (stored.symbols != asked.symbols
+            or (stored.timeframe and stored.timeframe != asked.timeframe)
+            or (stored.sources and stored.sources != asked.sources)):
+        raise DifferentRun(stored, asked)
+
+
 @dataclass
 class PaperSummary:
     resumed: bool
@@ -116,15 +169,25 @@ async def run_paper(settings: Settings, series: Sequence[BarSeries], store: Trad
                     source: SignalSource | None = None,
                     progress: Callable[[int], None] | None = None,
                     max_bars: int | None = None, batch: int = 200,
-                    bars_per_second: float | None = None) -> PaperSummary:
+                    bars_per_second: float | None = None,
+                    identity: RunIdentity | None = None) -> PaperSummary:
+    """Replay ``series`` through the node, resuming from the store's checkpoint.
+
+    With ``identity`` a store started on other data is refused (``DifferentRun``) before
+    anything is written, and a new store records it."""
     journal = ListJournal()
     node = build_node(settings, source, journal)
+    if identity is not None:
+        check_identity(await stored_identity(store, node.name), identity)
     cp = await restore_node(node, store, series)
     last_ts: dict[str, int] = dict(cp.last_bar_ts) if cp else {}
     feed = ReplayFeed(list(series), start_after=last_ts or None)
     total = len(feed) if max_bars is None else min(len(feed), max_bars)
     if cp is None:
-        node.audit("run_started", wall_ms(), mode="paper", bars=total)
+        started = {} if identity is None else {
+            "sources": list(identity.sources), "symbols": list(identity.symbols),
+            "timeframe": identity.timeframe}
+        node.audit("run_started", wall_ms(), mode="paper", bars=total, **started)
     else:
         node.audit("run_resumed", wall_ms(), from_checkpoint=cp.ts, bars=total)
     bus = InMemoryBus(maxlen=batch * 10)

@@ -121,6 +121,7 @@ class TokenStore:
         if not name or len(name) > 64 or not re.fullmatch(r"[\w.@-]+", name):
             raise TokenError("token name: 1-64 letters, digits, '.', '_', '-' or '@'")
         granted = sorted(s.value for s in parse_scopes(scopes))
+        self._read()  # a file we could not rewrite is refused before anything is written
         with self._locked() as records:
             if any(r.name == name and r.active for r in records):
                 raise TokenError(f"an active token named {name!r} exists; revoke it first")
@@ -135,12 +136,17 @@ class TokenStore:
 
     def revoke(self, id_or_name: str) -> TokenRecord:
         """Revoke the active token with this id or name (records stay, for the audit)."""
-        with self._locked() as records:
+        def find(records: list[TokenRecord]) -> int:
             for i, r in enumerate(records):
                 if r.active and id_or_name in (r.id, r.name):
-                    records[i] = replace(r, revoked_at=time.time())
-                    return records[i]
-        raise TokenError(f"no active token with id or name {id_or_name!r}")
+                    return i
+            raise TokenError(f"no active token with id or name {id_or_name!r}")
+
+        find(self._read())  # refused before the lock file or the token file is touched
+        with self._locked() as records:
+            i = find(records)  # raising here leaves the file as it was
+            records[i] = replace(records[i], revoked_at=time.time())
+            return records[i]
 
     def records(self) -> list[TokenRecord]:
         return self._read()

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from quantum_trader.store.engine import make_engine
+from quantum_trader.store.urls import ensure_sqlite_dir
 
 MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
 
@@ -97,6 +98,7 @@ async def engine_revision(engine: AsyncEngine) -> str | None:
 
 
 async def upgrade_async(url: str) -> None:
+    ensure_sqlite_dir(url)
     engine = make_engine(url, poolclass=NullPool)
     try:
         await upgrade_engine(engine)

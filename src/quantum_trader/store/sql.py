@@ -48,7 +48,7 @@ from quantum_trader.store.migrate import (
     upgrade_engine,
 )
 from quantum_trader.store.protocol import StoreEvent
-from quantum_trader.store.urls import async_url, redact
+from quantum_trader.store.urls import async_url, ensure_sqlite_dir, redact, sqlite_file
 
 _OPEN_STATUSES = [s.value for s in OrderStatus if s.is_open]
 TRADING_STATE = "trading_state"
@@ -234,8 +234,13 @@ class SqlTradeStore:
         self._engine = engine
 
     async def _prepare(self, engine: AsyncEngine) -> None:
+        db_file = sqlite_file(self._url)
+        if db_file is not None and not self._create and not db_file.is_file():
+            # Connecting would create an empty database: a reader must not write one.
+            raise StoreError(f"no database at {db_file}")
         try:
             if self._create:
+                ensure_sqlite_dir(self._url)
                 await upgrade_engine(engine)
                 return
             current, head = await engine_revision(engine), head_revision()

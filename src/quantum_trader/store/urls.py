@@ -18,10 +18,26 @@ _ASYNC_DRIVERS = {
 
 
 def sqlite_url(path: str | Path) -> str:
-    """``sqlite+aiosqlite:///<absolute path>``, creating the parent directories."""
+    """``sqlite+aiosqlite:///<absolute path>``. Names the file only: whoever creates the
+    database creates its directory (``ensure_sqlite_dir``), so naming a store writes nothing."""
     p = Path(path).expanduser().resolve()
-    p.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite+aiosqlite:///{p}"
+
+
+def sqlite_file(url: str | URL) -> Path | None:
+    """The file of a SQLite URL (``None`` for other databases and in-memory SQLite)."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if not parsed.drivername.startswith("sqlite") or not parsed.database \
+            or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def ensure_sqlite_dir(url: str | URL) -> None:
+    """Create the directory a SQLite database file is to be created in."""
+    path = sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def async_url(url: str) -> URL:

@@ -1,7 +1,4 @@
-"""CLI for backups: ``quantum-trader backup [verify|list|prune|keygen]`` and ``restore``.
-
-Registered by ``cli.py``; kept apart so the operations code does not grow the main CLI module.
-"""
+"""``backup [verify|list|prune|keygen]`` and ``restore``."""
 
 from __future__ import annotations
 
@@ -10,12 +7,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -26,17 +21,23 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from quantum_trader.config import ConfigError, Settings, load_settings
+from quantum_trader.cli.common import (
+    ConfigOpt,
+    UserError,
+    check_writable_dir,
+    console,
+    err,
+    fmt_time,
+)
+from quantum_trader.cli.common import settings as load_cli_settings
+from quantum_trader.config import Settings
 from quantum_trader.ops.errors import BackupError
 
 backup_app = typer.Typer(help="Backups: create (default), verify, list, prune, keygen.",
                          invoke_without_command=True, no_args_is_help=False)
-console = Console()
-err = Console(stderr=True)
 
-# Environment variables are QTBACKUP_*, not QT_*: load_settings reads every QT_* variable as
-# a settings key and refuses the unknown ones.
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
+# The options' environment variables are QTBACKUP_*: the settings' own prefix would read them
+# as settings keys and refuse them as unknown.
 DestOpt = Annotated[Path | None, typer.Option(
     "--dest", help="Backup directory (default $QTBACKUP_DIR or <state_dir>/backups)")]
 KeyOpt = Annotated[Path | None, typer.Option(
@@ -54,25 +55,22 @@ PolicyOpt = Annotated[str, typer.Option(
     help="Retention tiers EVERY:KEEP_FOR (default: 6h:7d,1d:30d,1w:12w)")]
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    from quantum_trader.store.errors import StoreError
-
-    try:
-        yield
-    except (BackupError, ConfigError, StoreError, ValueError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-
-
-def _settings(config: Path | None) -> Settings:
-    return load_settings(config)
-
-
 def _dest(settings: Settings, dest: Path | None) -> Path:
     from quantum_trader.ops.service import default_dest
 
-    return dest if dest is not None else default_dest(settings)
+    path = dest if dest is not None else default_dest(settings)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{'--dest' if dest else 'backup directory'} {path}: not a directory")
+    return path
+
+
+def _policy(text: str) -> Any:
+    from quantum_trader.ops.retention import RetentionPolicy
+
+    try:
+        return RetentionPolicy.parse(text)
+    except ValueError as exc:
+        raise UserError(f"--policy {text!r}: {exc}") from None
 
 
 @contextmanager
@@ -107,10 +105,6 @@ def _human(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 @backup_app.callback()
 def backup(
     ctx: typer.Context,
@@ -140,26 +134,28 @@ def backup(
     """Take one consistent, timestamped backup set (database, Redis, registry, config)."""
     if ctx.invoked_subcommand is not None:
         return
-    from quantum_trader.ops.retention import RetentionPolicy
     from quantum_trader.ops.service import default_redis_url, run_backup
 
-    with _errors():
-        settings = _settings(config)
-        target = _dest(settings, dest)
-        if redis is False:
-            redis_url = None
-        elif redis_url is None:
-            redis_url = default_redis_url(settings)
-            if redis and redis_url is None:
-                raise BackupError("--redis given but no Redis URL (--redis-url or "
-                                  "services.redis_url with a PostgreSQL store)")
-        pol = RetentionPolicy.parse(policy)
-        with _progress() as progress:
-            job = run_backup(settings, target, key_file=key_file, redis_url=redis_url,
-                             redis_aof_dir=redis_aof_dir, include_db=not no_db,
-                             include_registry=not no_registry, offsite=offsite,
-                             s3_endpoint=s3_endpoint, prune=prune, policy=pol,
-                             metrics_textfile=metrics_textfile, progress=progress)
+    settings = load_cli_settings(config)
+    target = check_writable_dir(_dest(settings, dest), "--dest" if dest else "backup directory")
+    if redis is False:
+        redis_url = None
+    elif redis_url is None:
+        redis_url = default_redis_url(settings)
+        if redis and redis_url is None:
+            raise BackupError("--redis given but no Redis URL (--redis-url or "
+                              "services.redis_url with a PostgreSQL store)")
+    pol = _policy(policy)
+    from quantum_trader.ops.offsite import target_from_spec
+
+    for spec in offsite or ():  # a bad target is refused before the set is written
+        target_from_spec(spec, s3_endpoint)
+    with _progress() as progress:
+        job = run_backup(settings, target, key_file=key_file, redis_url=redis_url,
+                         redis_aof_dir=redis_aof_dir, include_db=not no_db,
+                         include_registry=not no_registry, offsite=offsite,
+                         s3_endpoint=s3_endpoint, prune=prune, policy=pol,
+                         metrics_textfile=metrics_textfile, progress=progress)
     res = job.backup
     if json_out:
         sys.stdout.write(json.dumps({
@@ -200,13 +196,12 @@ def backup_verify(
     from quantum_trader.ops.service import resolve_set
     from quantum_trader.ops.verify import verify_set
 
-    with _errors():
-        settings = _settings(config)
-        set_dir = resolve_set(set_ref, _dest(settings, dest))
-        key = load_key(key_file) if key_file else None
-        url = pg_url or (settings.store.url or None)
-        with _progress() as progress:
-            report = verify_set(set_dir, key=key, pg_url=url, progress=progress)
+    settings = load_cli_settings(config)
+    set_dir = resolve_set(set_ref, _dest(settings, dest))
+    key = load_key(key_file) if key_file else None
+    url = pg_url or (settings.store.url or None)
+    with _progress() as progress:
+        report = verify_set(set_dir, key=key, pg_url=url, progress=progress)
     table = Table(title=f"restore drill of {report.name}", title_justify="left")
     for col in ("component", "item", "source (at backup)", "restored", "result"):
         table.add_column(col)
@@ -235,17 +230,16 @@ def backup_list(
     from quantum_trader.ops.manifest import list_sets
     from quantum_trader.ops.offsite import target_from_spec
 
-    with _errors():
-        settings = _settings(config)
-        if offsite:
-            names = target_from_spec(offsite, s3_endpoint).list()
-            if json_out:
-                sys.stdout.write(json.dumps(names) + "\n")
-            else:
-                for n in names:
-                    console.print(n)
-            return
-        sets = list_sets(_dest(settings, dest))
+    settings = load_cli_settings(config)
+    if offsite:
+        names = target_from_spec(offsite, s3_endpoint).list()
+        if json_out:
+            sys.stdout.write(json.dumps(names) + "\n")
+        else:
+            for n in names:
+                console.print(n)
+        return
+    sets = list_sets(_dest(settings, dest))
     if json_out:
         sys.stdout.write(json.dumps([{
             "name": s.name, "created_ts": s.created_ts, "complete": s.complete,
@@ -258,7 +252,7 @@ def backup_list(
     for s in sets:
         state = ("[green]complete[/]" + (" · encrypted" if s.encrypted else "")) \
             if s.complete else "[red]partial[/]"
-        table.add_row(s.name, _when(s.created_ts), _human(s.size), ", ".join(s.components),
+        table.add_row(s.name, fmt_time(s.created_ts), _human(s.size), ", ".join(s.components),
                       state)
     console.print(table)
 
@@ -276,21 +270,20 @@ def backup_prune(
     """Delete the sets the retention policy no longer keeps."""
     from quantum_trader.ops.manifest import name_time
     from quantum_trader.ops.offsite import target_from_spec
-    from quantum_trader.ops.retention import RetentionPolicy, plan_retention
+    from quantum_trader.ops.retention import plan_retention
     from quantum_trader.ops.service import prune_sets
 
-    with _errors():
-        settings = _settings(config)
-        pol = RetentionPolicy.parse(policy)
-        if offsite:
-            target = target_from_spec(offsite, s3_endpoint)
-            names = {n: t for n in target.list() if (t := name_time(n)) is not None}
-            plan = plan_retention(names, time.time(), pol)
-            if not dry_run:
-                for n in plan.prune:
-                    target.delete(n)
-        else:
-            plan = prune_sets(_dest(settings, dest), pol, dry_run=dry_run)
+    settings = load_cli_settings(config)
+    pol = _policy(policy)
+    if offsite:
+        target = target_from_spec(offsite, s3_endpoint)
+        names = {n: t for n in target.list() if (t := name_time(n)) is not None}
+        plan = plan_retention(names, time.time(), pol)
+        if not dry_run:
+            for n in plan.prune:
+                target.delete(n)
+    else:
+        plan = prune_sets(_dest(settings, dest), pol, dry_run=dry_run)
     verb = "would prune" if dry_run else "pruned"
     for name in plan.prune:
         console.print(f"{verb} {name}")
@@ -304,10 +297,9 @@ def backup_keygen(path: Annotated[Path, typer.Argument(help="Where to write the 
     """Create a random encryption key file (mode 0600). Keep a copy off this machine."""
     from quantum_trader.ops.crypto import generate_key, key_id, load_key
 
-    with _errors():
-        p = generate_key(path)
-        console.print(f"wrote {p} (key id {key_id(load_key(p))}). Store a copy away from "
-                      "the backups: without it an encrypted set cannot be restored.")
+    p = generate_key(path)
+    console.print(f"wrote {p} (key id {key_id(load_key(p))}). Store a copy away from "
+                  "the backups: without it an encrypted set cannot be restored.")
 
 
 def restore(
@@ -341,31 +333,30 @@ def restore(
     from quantum_trader.ops.restore import RestoreTargets, restore_set
     from quantum_trader.ops.service import resolve_set
 
-    with _errors():
-        settings = _settings(config)
-        root = _dest(settings, dest)
-        if from_offsite:
-            target = target_from_spec(from_offsite, s3_endpoint)
-            if set_ref == "latest":
-                names = target.list()
-                if not names:
-                    raise BackupError(f"no backup sets at {target}")
-                set_ref = names[-1]
-            root.mkdir(parents=True, exist_ok=True)
-            set_dir = root / set_ref if (root / set_ref).is_dir() \
-                else target.pull(set_ref, root)
-        else:
-            set_dir = resolve_set(set_ref, root)
-        key = load_key(key_file) if key_file else None
-        targets = RestoreTargets(
-            db_url=None if no_db else (db_url or settings.store_url()),
-            redis_dir=redis_dir, redis_dbfilename=redis_dbfilename,
-            registry_dir=None if no_registry else (registry_dir or
-                                                   Path(settings.paths.registry_dir)),
-            config_out=config_out,
-        )
-        with _progress() as progress:
-            report = restore_set(set_dir, targets, key=key, force=force, progress=progress)
+    settings = load_cli_settings(config)
+    root = _dest(settings, dest)
+    if from_offsite:
+        target = target_from_spec(from_offsite, s3_endpoint)
+        if set_ref == "latest":
+            names = target.list()
+            if not names:
+                raise BackupError(f"no backup sets at {target}")
+            set_ref = names[-1]
+        root.mkdir(parents=True, exist_ok=True)
+        set_dir = root / set_ref if (root / set_ref).is_dir() \
+            else target.pull(set_ref, root)
+    else:
+        set_dir = resolve_set(set_ref, root)
+    key = load_key(key_file) if key_file else None
+    targets = RestoreTargets(
+        db_url=None if no_db else (db_url or settings.store_url()),
+        redis_dir=redis_dir, redis_dbfilename=redis_dbfilename,
+        registry_dir=None if no_registry else (registry_dir or
+                                               Path(settings.paths.registry_dir)),
+        config_out=config_out,
+    )
+    with _progress() as progress:
+        report = restore_set(set_dir, targets, key=key, force=force, progress=progress)
     console.print(f"[green]restored[/] {report.name} in {report.seconds:.1f}s: "
                   + ", ".join(f"{k} ({report.timings[k]:.1f}s)" for k in report.restored))
     for s in report.skipped:

@@ -1,8 +1,4 @@
-"""CLI commands for exchange connectivity: ``exchange-sim`` and ``data download``.
-
-Registered in ``cli.py`` with ``app.add_typer(exchange_app, name="exchange-sim")`` and
-``app.add_typer(data_app, name="data")``.
-"""
+"""``exchange-sim`` (the Binance-compatible simulator) and ``data download``."""
 
 from __future__ import annotations
 
@@ -13,36 +9,37 @@ from pathlib import Path
 from typing import Annotated, cast
 
 import typer
-from rich.console import Console
 
-exchange_app = typer.Typer(add_completion=False,
-                           help="Run the Binance USDⓈ-M-compatible exchange simulator.")
-data_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                       help="Market data: download klines.")
-console = Console()
-err = Console(stderr=True)
+from quantum_trader.cli.common import UserError, check_writable_file, console, fmt_time_ms
+from quantum_trader.cli.services import check_port_free
+
+exchange_app = typer.Typer(help="Run the Binance USDⓈ-M-compatible exchange simulator.")
+data_app = typer.Typer(no_args_is_help=True, help="Market data: download klines.")
 
 
 @exchange_app.callback(invoke_without_command=True)
 def exchange_sim(
-    port: Annotated[int, typer.Option(help="TCP port")] = 8900,
+    port: Annotated[int, typer.Option(min=1, max=65_535, help="TCP port")] = 8900,
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     data: Annotated[list[str] | None, typer.Option(
         "--data", "-d", metavar="SPEC",
         help="sample:XRP|BTC|ETH|EOS|LTC or a CSV/parquet file; repeat")] = None,
     bar_seconds: Annotated[float, typer.Option(
+        min=0.0,
         help="wall seconds per replayed bar (0: the clock moves only on POST /sim/advance)")]
         = 1.0,
-    start_bar: Annotated[int, typer.Option(help="bars of history already closed at start")]
+    start_bar: Annotated[int, typer.Option(min=0, help="bars of history already closed at start")]
         = 500,
-    api_key: Annotated[str, typer.Option(envvar="QT_SIM_API_KEY")] = "sim-key",
-    api_secret: Annotated[str, typer.Option(envvar="QT_SIM_API_SECRET")] = "sim-secret",
-    weight_limit: Annotated[int, typer.Option(help="request weight per minute")] = 2400,
-    ban_seconds: Annotated[float, typer.Option(help="418 ban length")] = 120.0,
-    balance: Annotated[float, typer.Option(help="initial USDT wallet")] = 10_000.0,
+    api_key: Annotated[str, typer.Option(envvar="QTSIM_API_KEY")] = "sim-key",
+    api_secret: Annotated[str, typer.Option(envvar="QTSIM_API_SECRET")] = "sim-secret",
+    weight_limit: Annotated[int, typer.Option(min=1, help="request weight per minute")]
+        = 2400,
+    ban_seconds: Annotated[float, typer.Option(min=0.0, help="418 ban length")] = 120.0,
+    balance: Annotated[float, typer.Option(min=0.0,
+                                           help="initial USDT wallet")] = 10_000.0,
     fault_rate: Annotated[float, typer.Option(
-        help="share of /fapi requests given a random fault (timeout, 408, 5xx, 429, -1021, "
-             "drop)")] = 0.0,
+        min=0.0, max=1.0, help="share of /fapi requests given a random fault (timeout, 408, "
+                               "5xx, 429, -1021, drop)")] = 0.0,
     wall_clock: Annotated[bool, typer.Option(
         help="replay aligned to the wall clock at the real bar length, serving the open "
              "kline as Binance does (--bar-seconds is ignored)")] = False,
@@ -58,14 +55,10 @@ def exchange_sim(
         server_exchange_settings,
     )
 
-    try:
-        series = load_series(data or ["sample:XRP"])
-    except ValueError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    if not 0 <= fault_rate <= 1:
-        err.print("[bold red]error:[/] --fault-rate must be in [0, 1]")
-        raise typer.Exit(2)
+    if balance <= 0:
+        raise UserError(f"--balance {balance:g}: must be more than 0 USDT")
+    check_port_free(host, port, "--port")
+    series = load_series(data or ["sample:XRP"])
     faults = FaultConfig({k: fault_rate / len(FAULT_KINDS) for k in FAULT_KINDS}
                          if fault_rate else {})
     state = SimState(SimServerConfig(
@@ -93,8 +86,7 @@ def _parse_date(value: str, name: str) -> int:
             return int(value)
         dt = datetime.fromisoformat(value)
     except ValueError:
-        err.print(f"[bold red]error:[/] {name} {value!r}: use YYYY-MM-DD[THH:MM] or epoch ms")
-        raise typer.Exit(2) from None
+        raise UserError(f"{name} {value!r}: use YYYY-MM-DD[THH:MM] (UTC) or epoch ms") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
@@ -128,14 +120,17 @@ def download(
     try:
         timeframe_ms(timeframe)
     except ValueError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise UserError(f"--timeframe: {exc}") from None
     if mode not in ("live", "demo", "testnet"):
-        err.print(f"[bold red]error:[/] --mode {mode!r}: use live, demo or testnet")
-        raise typer.Exit(2)
+        raise UserError(f"--mode {mode!r}: use live, demo or testnet")
     since_ms = _parse_date(since, "--since")
     until_ms = _parse_date(until, "--until") if until else None
-    target = out or Path("data") / f"{symbol}-{timeframe}.parquet"
+    if until_ms is not None and until_ms <= since_ms:
+        raise UserError(f"--until {until} is not after --since {since}: nothing to download")
+    target = check_writable_file(out or Path("data") / f"{symbol}-{timeframe}.parquet",
+                                 "--out", (".parquet",))
+    if target.exists():
+        _check_resumable(target, symbol, timeframe)
 
     async def run() -> None:
         venue = CcxtBinanceExchange(BinanceSettings(mode=cast(Mode, mode), base_url=base_url))
@@ -145,8 +140,7 @@ def download(
                 raise ExchangeError(f"unknown symbol {symbol!r} on this venue")
 
             def progress(n: int, last: int) -> None:
-                when = datetime.fromtimestamp(last / 1000, UTC).strftime("%Y-%m-%d %H:%M")
-                console.print(f"  {n} bars, up to {when}", end="\r")
+                console.print(f"  {n} bars, up to {fmt_time_ms(last)}", end="\r")
 
             res = await download_klines(venue, symbol, timeframe, since_ms, target, until_ms,
                                         progress=progress)
@@ -156,11 +150,20 @@ def download(
         console.print(f"{res.path}: {res.bars_new} new bars{resumed}, {res.bars_total} in "
                       "the file")
 
+    asyncio.run(run())
+
+
+def _check_resumable(target: Path, symbol: str, timeframe: str) -> None:
+    """An existing ``--out`` is resumed: refuse, before any download, one that is not klines
+    we could append to."""
+    from quantum_trader.marketdata.files import load_file
+
     try:
-        asyncio.run(run())
-    except ExchangeError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        load_file(target, symbol, timeframe)
+    except Exception as exc:  # any reason it cannot be read is a reason not to append to it
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(f"--out {target}: exists and cannot be resumed ({reason}); move it "
+                        "away or choose another --out") from None
 
 
 __all__ = ["data_app", "exchange_app"]

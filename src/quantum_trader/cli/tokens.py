@@ -1,6 +1,6 @@
-"""CLI for API tokens: ``quantum-trader token create|list|revoke``.
+"""``token create|list|revoke``: API tokens.
 
-Registered by ``cli.py``. The token is printed once, to stdout alone (so ``$(...)`` or a
+The token is printed once, to stdout alone (so ``$(...)`` or a
 redirect into a secrets file captures exactly it); only its hash is kept.
 """
 
@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from quantum_trader.config import ConfigError, load_settings
-from quantum_trader.security.tokens import TokenError, TokenStore
+from quantum_trader.cli.common import ConfigOpt, console, err, fmt_time, settings
+from quantum_trader.security.tokens import TokenStore
 
 token_app = typer.Typer(no_args_is_help=True,
                         help="API tokens: create (shown once), list, revoke.")
-err = Console(stderr=True)
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
 FileOpt = Annotated[Path | None, typer.Option(
     "--tokens-file", help="Token file (default: security.tokens_file or <state_dir>/tokens.json)")]
 
@@ -31,16 +26,8 @@ FileOpt = Annotated[Path | None, typer.Option(
 def _store(config: Path | None, tokens_file: Path | None) -> TokenStore:
     if tokens_file is not None:
         return TokenStore(tokens_file)
-    try:
-        settings = load_settings(config)
-    except ConfigError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    return TokenStore(settings.security.tokens_path(settings.paths.state_dir))
-
-
-def _when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    cfg = settings(config)
+    return TokenStore(cfg.security.tokens_path(cfg.paths.state_dir))
 
 
 @token_app.command("create")
@@ -51,11 +38,7 @@ def create(name: Annotated[str, typer.Option("--name", "-n", help="Who or what u
            config: ConfigOpt = None, tokens_file: FileOpt = None) -> None:
     """Create a token and print it once; store only its hash."""
     store = _store(config, tokens_file)
-    try:
-        token, record = store.create(name, scope)
-    except TokenError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+    token, record = store.create(name, scope)
     sys.stdout.write(token + "\n")
     err.print(f"created token {record.id} ({record.name}, scopes: {', '.join(record.scopes)}) "
               f"in {store.path}. It is shown only now: store it in a secrets file.")
@@ -68,13 +51,9 @@ def list_tokens(config: ConfigOpt = None, tokens_file: FileOpt = None,
                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Tokens by id, name, scopes and dates (never the token or its hash)."""
     store = _store(config, tokens_file)
-    try:
-        records = [r for r in store.records() if show_revoked or r.active]
-    except TokenError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+    records = [r for r in store.records() if show_revoked or r.active]
     rows = [{"id": r.id, "name": r.name, "scopes": list(r.scopes),
-             "created_at": _when(r.created_at), "revoked_at": _when(r.revoked_at)}
+             "created_at": fmt_time(r.created_at), "revoked_at": fmt_time(r.revoked_at)}
             for r in records]
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
@@ -85,7 +64,7 @@ def list_tokens(config: ConfigOpt = None, tokens_file: FileOpt = None,
     for row in rows:
         table.add_row(str(row["id"]), str(row["name"]), ", ".join(row["scopes"]),
                       str(row["created_at"]), str(row["revoked_at"]))
-    Console().print(table)
+    console.print(table)
 
 
 @token_app.command("revoke")
@@ -93,9 +72,5 @@ def revoke(token: Annotated[str, typer.Argument(help="Token id or name")],
            config: ConfigOpt = None, tokens_file: FileOpt = None) -> None:
     """Revoke a token: every service refuses it from its next request on."""
     store = _store(config, tokens_file)
-    try:
-        record = store.revoke(token)
-    except TokenError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+    record = store.revoke(token)
     err.print(f"revoked token {record.id} ({record.name})")

@@ -1,0 +1,173 @@
+"""``train`` and the model registry: ``models list|show|promote|rollback``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from quantum_trader.cli.common import (
+    EXIT_NO,
+    ConfigOpt,
+    JsonOpt,
+    UserError,
+    console,
+    err,
+    settings,
+    stdout_json,
+)
+from quantum_trader.cli.trading import load_series
+from quantum_trader.config import Settings
+
+models_app = typer.Typer(no_args_is_help=True,
+                         help="Model registry: list, show, promote (through the gate), rollback.")
+
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Registry model name "
+                                              "(default: ai.model_name)")]
+
+
+def _ai_settings(cfg: Settings, **changes: Any) -> Any:
+    """``settings.ai`` with CLI overrides applied and validated."""
+    from pydantic import ValidationError
+
+    ai = cfg.ai
+    raw = ai.model_dump()
+    for dotted, value in changes.items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    try:
+        return type(ai).model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "ai." + ".".join(str(p) for p in first["loc"])
+        raise UserError(f"{where}: {first['msg']}") from None
+
+
+def _registry(cfg: Settings) -> Any:
+    from quantum_trader.ai.production import registry_for
+
+    return registry_for(cfg)
+
+
+def train(
+    data: Annotated[str | None, typer.Option(
+        "--data", "-d", metavar="SPEC", help="FILE (CSV/parquet) or sample:XRP|BTC|ETH|EOS|LTC")
+    ] = None,
+    timeframe: Annotated[str | None, typer.Option(
+        help="Timeframe of FILE data (sample data is 30m; refused if the bars are not)")] = None,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    kind: Annotated[str | None, typer.Option(help="lightgbm (default) or logistic")] = None,
+    folds: Annotated[int | None, typer.Option(min=1, help="Walk-forward test folds")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Random seed (same seed, same "
+                                             "model)")] = None,
+    promote: Annotated[bool, typer.Option("--promote", help="Promote to production if it "
+                                          "passes the promotion gate")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON")] = False,
+) -> None:
+    """Walk-forward train a model, check it for leakage, and store it in the registry."""
+    from quantum_trader.ai.registry import PromotionRefused
+    from quantum_trader.ai.training import train as train_model
+
+    cfg = settings(config)
+    ai = _ai_settings(cfg, model_name=model, seed=seed, **{"model.kind": kind,
+                                                          "walkforward.folds": folds})
+    spec = data or cfg.data.source
+    tf = timeframe or (None if data else cfg.data.timeframe)
+    series = load_series([spec], tf)[0]
+    registry = _registry(cfg)
+    err.print(f"training [bold]{ai.model_name}[/] ({ai.model.kind}) on {series.symbol} "
+              f"{series.timeframe}: {len(series):,} bars → {registry.root}")
+    report = train_model(series, cfg, ai, registry,
+                         progress=lambda msg: err.print(f"[dim]  {msg}[/]"))
+    if as_json:
+        stdout_json(json.dumps(report.manifest, indent=2))
+    else:
+        console.print(report.render())
+        if report.chart_path is not None:
+            console.print(f"chart: {report.chart_path}")
+    if promote:
+        try:
+            registry.promote(report.version, ai.model_name)
+        except PromotionRefused as exc:
+            err.print(f"[bold yellow]not promoted:[/] {exc}")
+            raise typer.Exit(EXIT_NO) from None
+        err.print(f"[bold green]promoted[/] {ai.model_name}@{report.version} to production")
+
+
+@models_app.command("list")
+def models_list(config: ConfigOpt = None, model: ModelOpt = None,
+                as_json: JsonOpt = False) -> None:
+    """Every stored version (production marked with *)."""
+    registry = _registry(settings(config))
+    infos = registry.list_versions(model)
+    if as_json:
+        stdout_json(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
+        return
+    table = Table(title=f"models in {registry.root}")
+    for col in ("", "model", "version", "created", "kind", "OOS AUC", "OOS Sharpe",
+                "manifest hash"):
+        table.add_column(col, no_wrap=True)
+    for i in infos:
+        table.add_row("*" if i.production else "", i.name, i.version, i.created_at, i.kind,
+                      "-" if i.auc is None else f"{i.auc:.4f}",
+                      "-" if i.sharpe is None else f"{i.sharpe:.2f}", i.manifest_hash[:12])
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(version: Annotated[str | None, typer.Argument(help="Version (default: "
+                                                              "production)")] = None,
+                config: ConfigOpt = None, model: ModelOpt = None) -> None:
+    """A version's manifest (hashes verified), and what the promotion gate says about it."""
+    from quantum_trader.ai.registry import gate_reasons
+
+    cfg = settings(config)
+    name = _ai_settings(cfg, model_name=model).model_name
+    registry = _registry(cfg)
+    manifest = registry.show(name, version)
+    registry.verify(name, str(manifest["version"]))
+    stdout_json(json.dumps(manifest, indent=2))
+    reasons = gate_reasons(manifest, registry.gate)
+    err.print("promotion gate: " + ("[green]passes[/]" if not reasons
+                                     else "[yellow]refuses[/] — " + "; ".join(reasons)))
+
+
+@models_app.command("promote")
+def models_promote(version: Annotated[str, typer.Argument(help="Version to make production")],
+                   config: ConfigOpt = None, model: ModelOpt = None) -> None:
+    """Make a version production, if it passes the promotion gate (exit 1 if it does not)."""
+    from quantum_trader.ai.registry import PromotionRefused
+
+    cfg = settings(config)
+    name = _ai_settings(cfg, model_name=model).model_name
+    try:
+        _registry(cfg).promote(version, name)
+    except PromotionRefused as exc:
+        err.print("[bold yellow]promotion refused:[/]")
+        for reason in exc.reasons:
+            err.print(f"  - {reason}")
+        raise typer.Exit(EXIT_NO) from None
+    console.print(f"{name}@{version} is now production")
+
+
+@models_app.command("rollback")
+def models_rollback(config: ConfigOpt = None, model: ModelOpt = None) -> None:
+    """Back to the version that was production before the current one."""
+    cfg = settings(config)
+    name = _ai_settings(cfg, model_name=model).model_name
+    previous = _registry(cfg).rollback(name)
+    console.print(f"{name}: production rolled back to {previous}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.add_typer(models_app, name="models")

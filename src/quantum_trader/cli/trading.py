@@ -1,0 +1,253 @@
+"""``backtest``, ``run`` (embedded paper trading) and ``trades``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from quantum_trader.cli.common import (
+    ConfigOpt,
+    DataOpt,
+    JsonOpt,
+    StateDirOpt,
+    UserError,
+    check_writable_dir,
+    check_writable_file,
+    console,
+    err,
+    fmt_time_ms,
+    progress_bar,
+    settings,
+    state_overrides,
+    stdout_json,
+)
+from quantum_trader.config import Settings
+
+CHART_SUFFIXES = (".png", ".html")
+
+
+def load_series(specs: list[str], timeframe: str | None) -> list[Any]:
+    from quantum_trader.marketdata.sample import resolve_source
+
+    return [resolve_source(spec, timeframe=timeframe) for spec in specs]
+
+
+def signal_source(cfg: Settings, quiet: bool = False) -> Any:
+    """The configured signal source; says which on stderr."""
+    from quantum_trader.ai.production import choose_signal_source
+
+    source, why = choose_signal_source(cfg)
+    if not quiet:
+        err.print(f"signal source: {why}")
+    return source
+
+
+def trade_dict(t: Any) -> dict[str, Any]:
+    return {"symbol": t.symbol, "side": t.side.value, "quantity": t.quantity,
+            "entry_price": t.entry_price, "exit_price": t.exit_price,
+            "opened": fmt_time_ms(t.opened_ts), "closed": fmt_time_ms(t.closed_ts),
+            "net_pnl": round(t.net_pnl, 6), "fees": round(t.fees, 6),
+            "funding": round(t.funding, 6), "exit_reason": t.exit_reason}
+
+
+def backtest(
+    data: DataOpt = None,
+    timeframe: Annotated[str | None, typer.Option(
+        help="Timeframe of FILE data (inferred if omitted; refused if the bars are not)")] = None,
+    config: ConfigOpt = None,
+    chart: Annotated[Path | None, typer.Option(
+        help="Equity/drawdown chart (.png or .html); default reports/backtest-<data>.png")
+    ] = None,
+    as_json: JsonOpt = False,
+    trades_shown: Annotated[int, typer.Option("--trades", min=0, help="Trades to list")] = 20,
+) -> None:
+    """Backtest on historical bars: simulated clock, simulated exchange, full risk gate."""
+    from quantum_trader.analytics.charts import write_equity_chart
+    from quantum_trader.analytics.tables import report_table, trades_table
+    from quantum_trader.runtime.backtest import run_backtest
+
+    cfg = settings(config)
+    if chart is not None:
+        check_writable_file(chart, "--chart", CHART_SUFFIXES)
+    else:
+        check_writable_dir(cfg.paths.reports_dir, "reports directory (paths.reports_dir)")
+    series = load_series(data or [cfg.data.source], timeframe)
+    name = "-".join(s.symbol for s in series)
+    chart_path = chart or cfg.paths.reports_dir / f"backtest-{name}.png"
+    total = sum(len(s) for s in series)
+    source = signal_source(cfg, quiet=as_json)
+    if as_json:
+        result = run_backtest(series, cfg, source)
+    else:
+        with progress_bar() as prog:
+            task = prog.add_task("backtest", total=total, rate="")
+            result = run_backtest(series, cfg, source,
+                                  progress=lambda n: prog.update(task, advance=n))
+    chart_path.parent.mkdir(parents=True, exist_ok=True)
+    write_equity_chart(chart_path, result.equity_ts, result.equity,
+                       f"{result.source} on {name} {result.timeframe}")
+    if as_json:
+        stdout_json(json.dumps({
+            "source": result.source, "symbols": result.symbols, "timeframe": result.timeframe,
+            "bars": result.bars, "elapsed_s": round(result.elapsed_s, 4),
+            "bars_per_second": round(result.bars_per_second), "orders": result.orders,
+            "signals": result.signals, "rejections": result.rejections,
+            "chart": str(chart_path), "report": result.report.to_dict(),
+            "trades": [trade_dict(t) for t in result.trades]}, indent=2))
+        return
+    console.print(report_table(result.report, title=f"Backtest — {result.source} on {name} "
+                                                     f"{result.timeframe}"))
+    console.print(trades_table(result.trades[-trades_shown:] if trades_shown else [],
+                               title=f"Last {min(trades_shown, len(result.trades))} of "
+                                     f"{len(result.trades)} trades"))
+    if result.rejections:
+        console.print("Risk rejections: " + ", ".join(
+            f"{k}={v}" for k, v in sorted(result.rejections.items())))
+    console.print(f"{result.bars:,} bars in {result.elapsed_s:.2f}s "
+                  f"({result.bars_per_second:,.0f} bars/s). Chart: {chart_path}")
+
+
+def _set_aside(db: Path) -> Path | None:
+    """``--fresh``: move the embedded store (and its WAL files) into ``backups/`` beside it,
+    so starting over never destroys an account."""
+    if not db.exists():
+        return None
+    dest = db.parent / "backups" / f"{db.stem}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        if p.exists():
+            shutil.move(p, dest / p.name)
+    return dest
+
+
+def run(
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    state_dir: StateDirOpt = None,
+    max_bars: Annotated[int | None, typer.Option(min=1, help="Stop after this many bars")]
+        = None,
+    speed: Annotated[float | None, typer.Option(
+        help="Bars per second, > 0 (default: as fast as possible)")] = None,
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="Start a new account: the old store is moved to <state_dir>/backups "
+                        "first")] = False,
+) -> None:
+    """Paper trading on real historical bars, embedded: one process, in-memory bus, SQLite.
+    Re-running on the same data resumes where the last run stopped."""
+    from quantum_trader.runtime.paper import DifferentRun, RunIdentity, run_paper
+    from quantum_trader.runtime.state_lock import StateDirInUse, StateDirLock
+    from quantum_trader.store.sql import SqlTradeStore
+
+    if speed is not None and speed <= 0:
+        raise UserError(f"--speed {speed:g}: must be more than 0 bars per second")
+    cfg = settings(config, state_overrides(state_dir))
+    state = cfg.paths.state_dir
+    check_writable_dir(state, "state directory" if state_dir is None else "--state-dir")
+    db = cfg.sqlite_path()
+    if fresh and db is None:
+        raise UserError("--fresh resets only the embedded SQLite store; this config uses "
+                        "store.url (drop that database yourself, or unset store.url)")
+    specs = data or [cfg.data.source]
+    series = load_series(specs, None)
+    identity = RunIdentity.of(specs, series)
+    try:
+        lock = StateDirLock(state).__enter__()
+    except StateDirInUse as exc:
+        raise UserError(f"{exc}: wait for it to finish, stop it, or use --state-dir") from None
+    try:
+        if fresh and db is not None and (moved := _set_aside(db)) is not None:
+            err.print(f"previous store moved to {moved}")
+        url = cfg.store_url()
+        source = signal_source(cfg)
+
+        async def go() -> Any:
+            store = SqlTradeStore(url, create=True)
+            await store.open()
+            try:
+                with progress_bar() as prog:
+                    task = prog.add_task("paper trading", total=None, rate="")
+                    summary = await run_paper(cfg, series, store, source,
+                                              progress=lambda n: prog.update(task, advance=n),
+                                              max_bars=max_bars, bars_per_second=speed,
+                                              identity=identity)
+                    prog.update(task, total=summary.bars_processed + summary.bars_skipped)
+                counts = await store.counts()
+            finally:
+                await store.close()
+            return summary, counts
+
+        try:
+            summary, counts = asyncio.run(go())
+        except DifferentRun as exc:
+            raise UserError(f"{exc}: resuming would continue that account on other bars. "
+                            "Use --fresh to start a new account (the old store is kept in "
+                            "backups/) or --state-dir for a separate one") from None
+    finally:
+        lock.__exit__(None, None, None)
+    table = Table(title="Paper trading — summary", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("store", url.split("///")[-1])
+    table.add_row("data", identity.describe())
+    table.add_row("resumed from checkpoint", "yes" if summary.resumed else "no")
+    table.add_row("bars processed", f"{summary.bars_processed:,}")
+    table.add_row("signals", f"{summary.signals:,}")
+    table.add_row("trades closed (this run)", f"{summary.trades_closed:,}")
+    table.add_row("open positions", ", ".join(
+        f"{p.symbol} {p.qty:+g} @ {p.avg_entry:.5g}" for p in summary.open_positions) or "none")
+    table.add_row("equity", f"{summary.equity:,.2f}")
+    table.add_row("max drawdown", f"{summary.max_drawdown:.2%}")
+    table.add_row("trading state", summary.trading_state)
+    table.add_row("risk rejections", ", ".join(
+        f"{k}={v}" for k, v in sorted(summary.rejections.items())) or "none")
+    table.add_row("rows in store", ", ".join(f"{k}={v}" for k, v in counts.items()))
+    console.print(table)
+    if summary.trading_state != "ACTIVE":
+        err.print(f"[yellow]trading is {summary.trading_state}[/]: the risk gate refuses new "
+                  "entries in this account. Start a new one with --fresh, or see "
+                  "docs/runbook.md on trading states.")
+
+
+def trades(
+    config: ConfigOpt = None,
+    state_dir: StateDirOpt = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many (newest first)")] = 50,
+    symbol: Annotated[str | None, typer.Option(help="Only this symbol")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List closed trades from the store (reads only; never creates one)."""
+    from quantum_trader.analytics.tables import trades_table
+    from quantum_trader.store.sql import SqlTradeStore
+
+    cfg = settings(config, state_overrides(state_dir))
+    db = cfg.sqlite_path()
+    if db is not None and not db.is_file():
+        raise UserError(f"no store at {db}: nothing has run in this state directory yet "
+                        "(run `quantum-trader run` first, or pass --state-dir)")
+
+    async def go() -> Any:
+        store = SqlTradeStore(cfg.store_url())
+        await store.open()
+        try:
+            return await store.trades(limit=limit, symbol=symbol)
+        finally:
+            await store.close()
+
+    rows = asyncio.run(go())
+    if as_json:
+        stdout_json(json.dumps([trade_dict(t) for t in rows], indent=2))
+        return
+    console.print(trades_table(rows, title=f"{len(rows)} most recent trades"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(backtest)
+    app.command()(run)
+    app.command()(trades)
