@@ -42,8 +42,8 @@ app.command("restore")(restore_cmd)
 console = Console()
 err = Console(stderr=True)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file "
-                                                "(default: ./quantum-trader.yaml or $QT_CONFIG)")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="YAML config file (default: $QTRADER_CONFIG or ./quantum-trader.yaml)")]
 DataOpt = Annotated[str | None, typer.Option("--data", "-d", help="FILE (CSV/parquet) or "
                                              "sample:XRP|BTC|ETH|EOS|LTC; repeat for more")]
 

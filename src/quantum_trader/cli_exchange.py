@@ -35,8 +35,8 @@ def exchange_sim(
         = 1.0,
     start_bar: Annotated[int, typer.Option(help="bars of history already closed at start")]
         = 500,
-    api_key: Annotated[str, typer.Option(envvar="QT_SIM_API_KEY")] = "sim-key",
-    api_secret: Annotated[str, typer.Option(envvar="QT_SIM_API_SECRET")] = "sim-secret",
+    api_key: Annotated[str, typer.Option(envvar="QTSIM_API_KEY")] = "sim-key",
+    api_secret: Annotated[str, typer.Option(envvar="QTSIM_API_SECRET")] = "sim-secret",
     weight_limit: Annotated[int, typer.Option(help="request weight per minute")] = 2400,
     ban_seconds: Annotated[float, typer.Option(help="418 ban length")] = 120.0,
     balance: Annotated[float, typer.Option(help="initial USDT wallet")] = 10_000.0,

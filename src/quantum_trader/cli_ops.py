@@ -34,8 +34,8 @@ backup_app = typer.Typer(help="Backups: create (default), verify, list, prune, k
 console = Console()
 err = Console(stderr=True)
 
-# Environment variables are QTBACKUP_*, not QT_*: load_settings reads every QT_* variable as
-# a settings key and refuses the unknown ones.
+# Environment variables are QTBACKUP_*, not QTRADER_*: load_settings reads every QTRADER_*
+# variable as a settings key and refuses the unknown ones.
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
 DestOpt = Annotated[Path | None, typer.Option(
     "--dest", help="Backup directory (default $QTBACKUP_DIR or <state_dir>/backups)")]
