@@ -1,16 +1,36 @@
-"""One configuration: a YAML file, overridden by ``QT_*`` environment variables, with secrets
-read from files (``*_FILE``). Validation errors name the key, and the file line when the key
-came from the file.
+"""One configuration: a YAML file, overridden by ``QTRADER_*`` environment variables, with
+secrets read from files (``*_FILE``). Validation errors name the key, and the file line or the
+variable it came from.
 
-Precedence (highest first): ``QT_SECTION__KEY`` environment variables, the YAML file, defaults.
-A secret ``secrets.<name>`` can also come from the file named by ``QT_SECRETS__<NAME>_FILE``
-(Docker secrets under /run/secrets work this way).
+Precedence (highest first): ``load_settings(overrides=...)`` dotted keys, environment
+variables, the YAML file (``--config``, else ``$QTRADER_CONFIG``, else ./quantum-trader.yaml or
+config/quantum-trader.yaml), defaults.
+
+Environment: ``QTRADER_SECTION__KEY`` (``QTRADER_RISK__MAX_DRAWDOWN=0.3``; deeper keys nest
+with more ``__``, top-level keys are ``QTRADER_LEVERAGE``). A secret ``secrets.<name>`` can also
+come from the file named by ``QTRADER_SECRETS__<NAME>_FILE`` (Docker secrets under /run/secrets
+work this way). Every ``QTRADER_*`` variable is a setting, so an unknown one is an error; our
+variables that are not settings use prefixes of their own (``QTBACKUP_*``, ``QTSIM_*``).
+
+The old prefix ``QT_`` is also the Qt toolkit's. It still works for our sections, top-level
+keys and ``QT_CONFIG``, with an ``EnvPrefixWarning`` naming the new variable; ``QTRADER_X``
+beats ``QT_X``. Every other ``QT_*`` variable (Qt's, other tools') is ignored, except a nested
+one (``QT_RISKK__MAX_DRAWDOWN``: Qt never uses ``__``), which is a misspelt section and an error.
+
+An override of one key inside a mapping (``QTRADER_SERVICES__PORTS__GATEWAY=9000``) merges into
+the mapping the file gives, or into the default when the file leaves it out; it never replaces
+the rest. Shells cannot spell ``-`` in a variable name, so ``_`` stands for it in a mapping key
+that has one by default (``QTRADER_SERVICES__PORTS__RISK_SAFETY``).
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import os
-from dataclasses import fields
+import warnings
+from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -33,12 +53,20 @@ from quantum_trader.domain.risk.limits import RiskLimits
 from quantum_trader.exchange.simulated import SimExchangeSettings
 from quantum_trader.security.settings import SecuritySection
 
-ENV_PREFIX = "QT_"
+ENV_PREFIX = "QTRADER_"
+OLD_ENV_PREFIX = "QT_"  # Qt's too: only our own names under it are read (module docstring)
 DEFAULT_CONFIG_PATHS = (Path("quantum-trader.yaml"), Path("config/quantum-trader.yaml"))
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message lists every bad key."""
+
+
+class EnvPrefixWarning(FutureWarning):
+    """A setting came from (or was shadowed in) a ``QT_*`` variable: rename it ``QTRADER_*``.
+
+    A ``FutureWarning``: it is meant for whoever runs the program, and Python shows those by
+    default, once per variable and call site."""
 
 
 class _Section(BaseModel):
@@ -169,6 +197,7 @@ class StoreSection(_Section):
 
 
 SERVICE_NAMES = ("gateway", "ai-engine", "execution", "risk-safety", "exit-brain", "market-data")
+DEFAULT_PORTS = dict(zip(SERVICE_NAMES, range(8000, 8006), strict=True))
 
 
 class ServicesSection(_Section):
@@ -183,9 +212,7 @@ class ServicesSection(_Section):
 
     bus_namespace: str = ""  # prefix for stream names (tests run side by side)
     host: str = "127.0.0.1"
-    ports: dict[str, int] = Field(default_factory=lambda: {
-        "gateway": 8000, "ai-engine": 8001, "execution": 8002, "risk-safety": 8003,
-        "exit-brain": 8004, "market-data": 8005})
+    ports: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PORTS))
     heartbeat_interval_s: float = Field(1.0, gt=0)
     heartbeat_stale_s: float = Field(5.0, gt=0)
     # lockstep: the next replayed bar waits until every consumer group has caught up, so a
@@ -209,7 +236,8 @@ class ServicesSection(_Section):
         unknown = set(v) - set(SERVICE_NAMES)
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}; use {SERVICE_NAMES}")
-        return v
+        # Every service looks its peers up here: a file that moves one port keeps the others.
+        return {**DEFAULT_PORTS, **v}
 
 
 class NotifySection(_Section):
@@ -269,35 +297,145 @@ class Settings(_Section):
         return sqlite_url(self.paths.state_dir / "quantum_trader.db")
 
 
+# Sections and top-level keys: the names an environment variable may start with.
+_TOP_LEVEL = frozenset(Settings.model_fields)
+_CONFIG_VAR = ("config",)  # QTRADER_CONFIG / QT_CONFIG: the file, not a setting
+
+
 def load_settings(path: Path | str | None = None, env: dict[str, str] | None = None,
                   overrides: dict[str, Any] | None = None) -> Settings:
-    """Load and validate. Raises ``ConfigError`` naming each bad key (and its file line)."""
+    """Load and validate. Raises ``ConfigError`` naming each bad key (and its file line or
+    variable); warns ``EnvPrefixWarning`` for each setting read under the old ``QT_`` prefix."""
     environ = dict(os.environ if env is None else env)
-    cfg_path = _find_config(path, environ)
+    found = _env_settings(environ)
+    for note in found.notes:
+        warnings.warn(note, EnvPrefixWarning, stacklevel=2)
+    cfg_path = _find_config(path, found.config)
     data: dict[str, Any] = {}
     lines: dict[tuple[str, ...], int] = {}
     if cfg_path is not None:
         data, lines = _read_yaml(cfg_path)
     origin: dict[tuple[str, ...], str] = {}
-    for key_path, (value, source) in _env_values(environ).items():
+    for key_path, (value, name) in found.values.items():
         _set(data, key_path, value)
-        origin[key_path] = source
+        origin[key_path] = name
     for dotted, value in (overrides or {}).items():
-        _set(data, tuple(dotted.split(".")), value)
+        key_path = tuple(dotted.split("."))
+        _set(data, key_path, value)
+        origin.pop(key_path, None)  # what fails now is the caller's value, not the variable's
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, cfg_path, lines, origin)) from None
+        raise ConfigError(_report([*found.errors, *_explain(exc, cfg_path, lines, origin)])
+                          ) from None
+    if found.errors:
+        raise ConfigError(_report(found.errors))
+    return settings
 
 
-def _find_config(path: Path | str | None, environ: dict[str, str]) -> Path | None:
+@dataclass
+class _EnvSettings:
+    """What the environment says, and what is wrong with it."""
+
+    values: dict[tuple[str, ...], tuple[Any, str]] = field(default_factory=dict)  # (value, var)
+    config: tuple[str, str] | None = None  # (variable, config file)
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # deprecations, for EnvPrefixWarning
+
+
+def _env_settings(environ: dict[str, str]) -> _EnvSettings:
+    """``QTRADER_SECTION__KEY`` (and our old ``QT_`` names) as key paths; see the module
+    docstring for which variables are ours."""
+    out = _EnvSettings()
+    chosen: dict[tuple[str, ...], tuple[str, bool]] = {}  # key path -> (variable, is a file)
+    for prefix in (OLD_ENV_PREFIX, ENV_PREFIX):  # the new prefix second, so it wins
+        for name in sorted(n for n in environ if n.startswith(prefix)):
+            parts = name[len(prefix):].lower().split("__")
+            if tuple(parts) != _CONFIG_VAR and parts[0] not in _TOP_LEVEL:
+                # Every QTRADER_ variable is ours; a QT_ one only when nested, as Qt's never are.
+                if prefix == ENV_PREFIX or len(parts) > 1:
+                    names = sorted([*_TOP_LEVEL, *_CONFIG_VAR])
+                    out.errors.append(
+                        f"{name} (environment): unknown section {parts[0]!r}"
+                        + _did_you_mean(parts[0], names, f"use one of {', '.join(names)}"))
+                continue
+            key_path, is_file = _env_key_path(parts)
+            before = chosen.get(key_path)
+            if before is not None and before[0].startswith(prefix):
+                out.errors.append(f"{before[0]} and {name} (environment) both set "
+                                  f"{'.'.join(key_path)}")
+            elif before is not None:
+                out.notes.append(f"{before[0]} is ignored: {name} is set (remove {before[0]}: "
+                                 f"{OLD_ENV_PREFIX} is also the Qt toolkit's prefix)")
+            chosen[key_path] = (name, is_file)
+    for key_path, (name, is_file) in chosen.items():
+        if name.startswith(OLD_ENV_PREFIX):
+            out.notes.append(f"{name} is deprecated ({OLD_ENV_PREFIX} is also the Qt toolkit's "
+                             f"prefix): rename it {ENV_PREFIX}{name[len(OLD_ENV_PREFIX):]}")
+        value = environ[name]
+        if key_path == _CONFIG_VAR:
+            out.config = (name, value)
+        elif is_file:
+            secret_path = Path(value)
+            if secret_path.is_file():
+                out.values[key_path] = (secret_path.read_text().strip(), name)
+            else:
+                out.errors.append(f"{name} (environment): secret file {secret_path} not found")
+        else:
+            out.values[key_path] = (_scalar(value), name)
+    return out
+
+
+def _env_key_path(parts: list[str]) -> tuple[tuple[str, ...], bool]:
+    """The key path a variable's lower-cased ``__`` parts name, and whether its value is the
+    name of a file holding a secret (``SECRETS__<NAME>_FILE``)."""
+    is_file = parts[0] == "secrets" and parts[-1].endswith("_file")
+    if is_file:
+        parts = [*parts[:-1], parts[-1][: -len("_file")]]
+    path: list[str] = []
+    for part in parts:
+        # Variable names cannot hold "-": RISK_SAFETY is the default mapping's "risk-safety".
+        default = _default_at(tuple(path))
+        dashed = part.replace("_", "-")
+        hyphen_key = isinstance(default, dict) and part not in default and dashed in default
+        path.append(dashed if hyphen_key else part)
+    return tuple(path), is_file
+
+
+@cache
+def _defaults() -> Settings:
+    return Settings()
+
+
+def _default_at(key_path: tuple[str, ...]) -> Any:
+    """The default value at ``key_path``: a section, a mapping, a value; None if there is none."""
+    cur: Any = _defaults()
+    for part in key_path:
+        if isinstance(cur, BaseModel):
+            cur = getattr(cur, part) if part in type(cur).model_fields else None
+        elif isinstance(cur, dict):
+            cur = cur.get(part)
+        else:
+            return None
+    return cur
+
+
+def _did_you_mean(word: str, choices: list[str], otherwise: str) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" ({otherwise})"
+
+
+def _find_config(path: Path | str | None, from_env: tuple[str, str] | None) -> Path | None:
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} not found")
         return p
-    if environ.get("QT_CONFIG"):
-        return _find_config(environ["QT_CONFIG"], {})
+    if from_env is not None and from_env[1]:
+        name, value = from_env
+        if not Path(value).is_file():
+            raise ConfigError(f"config file {value} not found (from {name})")
+        return Path(value)
     return next((p for p in DEFAULT_CONFIG_PATHS if p.is_file()), None)
 
 
@@ -329,24 +467,6 @@ def _walk(node: yaml.Node | None, prefix: tuple[str, ...],
             _walk(value_node, key, lines)
 
 
-def _env_values(environ: dict[str, str]) -> dict[tuple[str, ...], tuple[Any, str]]:
-    """``QT_SECTION__KEY`` variables as key paths, each with its value and where it came from."""
-    out: dict[tuple[str, ...], tuple[Any, str]] = {}
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "QT_CONFIG":
-            continue
-        parts = name[len(ENV_PREFIX):].lower().split("__")
-        if parts[-1].endswith("_file") and parts[0] == "secrets":
-            secret_path = Path(value)
-            if not secret_path.is_file():
-                raise ConfigError(f"{name}: secret file {secret_path} not found")
-            parts[-1] = parts[-1][: -len("_file")]
-            out[tuple(parts)] = (secret_path.read_text().strip(), f"from {name}")
-        else:
-            out[tuple(parts)] = (_scalar(value), f"from {name}")
-    return out
-
-
 def _scalar(value: str) -> Any:
     """Environment strings parsed as YAML scalars, so numbers and booleans work."""
     try:
@@ -357,30 +477,54 @@ def _scalar(value: str) -> Any:
 
 
 def _set(data: dict[str, Any], key_path: tuple[str, ...], value: Any) -> None:
+    """Set one key and keep its siblings: a section or mapping the file leaves out starts as
+    its default, so overriding one port does not drop the other five."""
     cur = data
-    for part in key_path[:-1]:
+    for depth, part in enumerate(key_path[:-1], start=1):
         nxt = cur.get(part)
         if not isinstance(nxt, dict):
-            nxt = cur[part] = {}
+            nxt = cur[part] = _seed(_default_at(key_path[:depth]))
         cur = nxt
     cur[key_path[-1]] = value
 
 
+def _seed(default: Any) -> dict[str, Any]:
+    if isinstance(default, BaseModel):
+        return default.model_dump()
+    if isinstance(default, dict):
+        return copy.deepcopy(default)  # the frozen defaults' dicts are still mutable
+    return {}
+
+
+def _report(problems: list[str]) -> str:
+    if len(problems) == 1:  # one problem, one line
+        return f"invalid configuration: {problems[0]}"
+    return "invalid configuration:\n  " + "\n  ".join(problems)
+
+
 def _explain(exc: ValidationError, path: Path | None, lines: dict[tuple[str, ...], int],
-             origin: dict[tuple[str, ...], str]) -> str:
+             origin: dict[tuple[str, ...], str]) -> list[str]:
     msgs = []
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
         key = ".".join(loc)
+        # A mapping's own check (ports) fails at the mapping: blame a variable below it
+        # unless the file sets the mapping.
+        below = sorted(var for p, var in origin.items() if p[:len(loc)] == loc)
         if loc in origin:
-            where = f"{ENV_PREFIX}{'__'.join(loc).upper()} (environment)"
+            where = f"{origin[loc]} (environment)"
         elif path is not None and loc in lines:
             where = f"{path}:{lines[loc]}"
+        elif below:
+            where = f"{', '.join(below)} (environment)"
         else:
             where = str(path) if path else "config"
-        text = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" \
-            else err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent = _default_at(loc[:-1])
+            names = list(type(parent).model_fields) if isinstance(parent, BaseModel) else []
+            text = "unknown key" + _did_you_mean(loc[-1], names, "check the spelling")
+        else:
+            text = err["msg"]
         msgs.append(f"{where}: {key}: {text}")
-    if len(msgs) == 1:  # one problem, one line
-        return f"invalid configuration: {msgs[0]}"
-    return "invalid configuration:\n  " + "\n  ".join(msgs)
+    return msgs
+

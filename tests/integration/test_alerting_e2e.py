@@ -125,7 +125,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         key = tmp / "hmac.key"
         key.write_text(secrets.token_hex(32))
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
-               "QT_SECRETS__APPROVAL_HMAC_KEY_FILE": str(key)}
+               "QTRADER_SECRETS__APPROVAL_HMAC_KEY_FILE": str(key)}
         st = Stack(tmp, procs, ports, qt_config, env)
         try:
             for name in SERVICES:

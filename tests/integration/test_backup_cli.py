@@ -30,7 +30,8 @@ app.command("restore")(restore)
 
 
 def _env(state: Path) -> dict[str, str]:
-    return {"QT_PATHS__STATE_DIR": str(state), "QT_PATHS__REGISTRY_DIR": str(state / "models"),
+    return {"QTRADER_PATHS__STATE_DIR": str(state),
+            "QTRADER_PATHS__REGISTRY_DIR": str(state / "models"),
             "QTBACKUP_DIR": str(state.parent / "backups"), "COLUMNS": "200"}
 
 

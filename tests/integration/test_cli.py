@@ -73,6 +73,6 @@ def test_bad_config_names_the_key_and_line(tmp_path: Path) -> None:
 
 
 def test_bad_env_override_is_named(tmp_path: Path) -> None:
-    res = qt("config", cwd=tmp_path, env={"QT_RISK__MAX_DRAWDOWN": "7"})
+    res = qt("config", cwd=tmp_path, env={"QTRADER_RISK__MAX_DRAWDOWN": "7"})
     assert res.returncode == 2
-    assert "QT_RISK__MAX_DRAWDOWN" in res.stderr
+    assert "QTRADER_RISK__MAX_DRAWDOWN" in res.stderr

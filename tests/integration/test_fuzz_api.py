@@ -33,7 +33,7 @@ from tests.integration.test_security_http import (
     make_settings,
 )
 
-# Per operation and generation mode; FUZZ_EXAMPLES=1000 for a deeper run (not QT_*: those
+# Per operation and generation mode; FUZZ_EXAMPLES=1000 for a deeper run (not QTRADER_*: those
 # are settings keys).
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 

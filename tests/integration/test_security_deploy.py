@@ -71,7 +71,7 @@ def test_secrets_are_files_not_environment_values(compose: dict[str, Any]) -> No
     secret_words = re.compile(r"(?i)(password|secret|token|api_key|hmac)")
     for name, svc in compose["services"].items():
         for key, value in (svc.get("environment") or {}).items():
-            if secret_words.search(key) and key != "QT_SECURITY__TOKENS_FILE":  # hashes only
+            if secret_words.search(key) and key != "QTRADER_SECURITY__TOKENS_FILE":  # hashes only
                 assert key.endswith("_FILE"), f"{name}: {key} is not a *_FILE variable"
                 assert str(value).startswith("/run/secrets/"), f"{name}: {key}={value}"
     services = compose["services"]
@@ -137,12 +137,12 @@ def test_nginx_is_tls12_plus_with_hsts() -> None:
 
 
 def test_every_service_environment_is_a_valid_configuration(compose: dict[str, Any]) -> None:
-    """QT_* variables are settings keys: a stray one would stop the service at start."""
+    """QTRADER_* variables are settings keys: a stray one would stop the service at start."""
     from quantum_trader.config import load_settings
 
     for name in (*SERVICES, "migrate", "tokens"):
         env = {k: str(v) for k, v in (compose["services"][name].get("environment") or {}).items()
-               if k != "QT_CONFIG" and not k.endswith("_FILE")}
+               if k != "QTRADER_CONFIG" and not k.endswith("_FILE")}
         settings = load_settings(env=env)
         if name in SERVICES:
             assert settings.services.bus == "redis"

@@ -49,7 +49,7 @@ def log_buffer() -> Iterator[io.StringIO]:
 
 
 def secret_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """QT_* variables reading each secret from its own file, as Docker secrets do."""
+    """QTRADER_* variables reading each secret from its own file, as Docker secrets do."""
     values = {
         "exchange_api_key": "xk-" + secrets.token_urlsafe(24),
         "exchange_api_secret": "xs-" + secrets.token_hex(24),
@@ -63,17 +63,17 @@ def secret_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, str]]:
         path = tmp_path / "run-secrets" / name
         path.parent.mkdir(exist_ok=True)
         path.write_text(value + "\n")
-        env[f"QT_SECRETS__{name.upper()}_FILE"] = str(path)
+        env[f"QTRADER_SECRETS__{name.upper()}_FILE"] = str(path)
     env.update({
-        "QT_PATHS__STATE_DIR": str(tmp_path / "state"),
-        "QT_PATHS__REGISTRY_DIR": str(tmp_path / "state" / "models"),
-        "QT_PATHS__REPORTS_DIR": str(tmp_path / "reports"),
-        "QT_SERVICES__BUS": "memory",
-        "QT_SERVICES__REPLAY_MAX_BARS": "80",
-        "QT_SERVICES__HEARTBEAT_INTERVAL_S": "0.2",
-        "QT_DATA__SOURCE": "sample:XRP",
+        "QTRADER_PATHS__STATE_DIR": str(tmp_path / "state"),
+        "QTRADER_PATHS__REGISTRY_DIR": str(tmp_path / "state" / "models"),
+        "QTRADER_PATHS__REPORTS_DIR": str(tmp_path / "reports"),
+        "QTRADER_SERVICES__BUS": "memory",
+        "QTRADER_SERVICES__REPLAY_MAX_BARS": "80",
+        "QTRADER_SERVICES__HEARTBEAT_INTERVAL_S": "0.2",
+        "QTRADER_DATA__SOURCE": "sample:XRP",
         # unused by the memory bus, but configured: its password is a secret too
-        "QT_SERVICES__REDIS_URL": f"redis://qt-app:{values['redis_password']}@redis:6379/0",
+        "QTRADER_SERVICES__REDIS_URL": f"redis://qt-app:{values['redis_password']}@redis:6379/0",
     })
     return env, values
 

@@ -26,7 +26,8 @@ PIPELINE_SERVICES = ("execution", "risk-safety", "exit-brain", "ai-engine", "mar
 PG_ADMIN = os.environ.get("QT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-_KEY_VARS = ("QT_SECRETS__EXCHANGE_API_KEY_FILE", "QT_SECRETS__EXCHANGE_API_SECRET_FILE")
+_KEY_VARS = ("QTRADER_SECRETS__EXCHANGE_API_KEY_FILE",
+             "QTRADER_SECRETS__EXCHANGE_API_SECRET_FILE")
 
 
 def set_venue_keys(directory: Path, api_key: str, api_secret: str) -> None:
@@ -156,7 +157,7 @@ def cluster(tmp: Path, *, redis_url: str = "redis://127.0.0.1:6379/0", pg_admin:
         node[leaf] = value
     config = tmp / "qt.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    os.environ["QT_SECRETS__APPROVAL_HMAC_KEY_FILE"] = str(key)
+    os.environ["QTRADER_SECRETS__APPROVAL_HMAC_KEY_FILE"] = str(key)
     subprocess.run([sys.executable, "-m", "quantum_trader", "db", "upgrade", "--url", db_url],
                    check=True, capture_output=True, cwd=tmp)
     from quantum_trader.security.tokens import TokenStore
@@ -167,7 +168,7 @@ def cluster(tmp: Path, *, redis_url: str = "redis://127.0.0.1:6379/0", pg_admin:
         yield c
     finally:
         c.stop_all()
-        os.environ.pop("QT_SECRETS__APPROVAL_HMAC_KEY_FILE", None)
+        os.environ.pop("QTRADER_SECRETS__APPROVAL_HMAC_KEY_FILE", None)
         cli = ["redis-cli", "-u", redis_url]
         keys = subprocess.run([*cli, "--scan", "--pattern", f"*{namespace}*"],
                               capture_output=True, text=True).stdout.split()

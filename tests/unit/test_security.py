@@ -146,16 +146,16 @@ def test_security_settings_validation(tmp_path: Path) -> None:
         load_settings(env={}, overrides={"security.tls_certfile": str(tmp_path / "c.pem")})
     with pytest.raises(ConfigError, match="not an IP address"):
         load_settings(env={}, overrides={"security.metrics_allow": ["prometheus"]})
-    ok = load_settings(env={"QT_SECURITY__TOKENS_FILE": str(tmp_path / "t.json")})
+    ok = load_settings(env={"QTRADER_SECURITY__TOKENS_FILE": str(tmp_path / "t.json")})
     assert ok.security.tokens_file == tmp_path / "t.json"
 
 
 def test_configured_secrets_include_url_passwords_and_get_redacted(tmp_path: Path) -> None:
     (tmp_path / "k").write_text("binance-key-Zq81xLmP\n")
     settings = load_settings(env={
-        "QT_SECRETS__EXCHANGE_API_KEY_FILE": str(tmp_path / "k"),
-        "QT_SERVICES__REDIS_URL": "redis://qt:r3d1s-Pa55w0rd@redis:6379/0",
-        "QT_STORE__URL": "postgresql+asyncpg://qt_app:pg%40Secret99@db/qt",
+        "QTRADER_SECRETS__EXCHANGE_API_KEY_FILE": str(tmp_path / "k"),
+        "QTRADER_SERVICES__REDIS_URL": "redis://qt:r3d1s-Pa55w0rd@redis:6379/0",
+        "QTRADER_STORE__URL": "postgresql+asyncpg://qt_app:pg%40Secret99@db/qt",
     })
     found = configured_secrets(settings)
     assert found == {"secrets.exchange_api_key": "binance-key-Zq81xLmP",

@@ -18,6 +18,7 @@ import errno
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +38,7 @@ from typer._click import exceptions as click_errors  # typer 0.29 vendors its ow
 from typer._click.core import Context
 from typer.core import TyperGroup, TyperOption
 
-from quantum_trader.config import ConfigError, Settings, load_settings
+from quantum_trader.config import ConfigError, EnvPrefixWarning, Settings, load_settings
 
 console = Console()
 err = Console(stderr=True, highlight=False)
@@ -62,7 +63,16 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def settings(config: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
-    return load_settings(config, overrides=overrides)
+    """The settings, with each deprecation (an old ``QT_`` variable) as one ``note:`` line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EnvPrefixWarning)
+        loaded = load_settings(config, overrides=overrides)
+    for w in caught:
+        if issubclass(w.category, EnvPrefixWarning):
+            err.print(f"[yellow]note:[/] {w.message}", soft_wrap=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return loaded
 
 
 def state_overrides(state_dir: Path | None) -> dict[str, Any] | None:

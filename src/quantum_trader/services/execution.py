@@ -128,7 +128,7 @@ class ExecutionService(Service):
         super().__init__(settings, bus, store)
         if not key:
             raise ValueError("execution needs the approval HMAC key to verify intents: set "
-                             "QT_SECRETS__APPROVAL_HMAC_KEY_FILE")
+                             "QTRADER_SECRETS__APPROVAL_HMAC_KEY_FILE")
         self.key = key
         self.journal = ListJournal()
         self.portfolio = Portfolio(settings.initial_balance)

@@ -38,7 +38,7 @@ class RiskSafetyService(Service):
         super().__init__(settings, bus, store)
         if not key:
             raise ValueError("risk-safety needs an approval HMAC key: set "
-                             "QT_SECRETS__APPROVAL_HMAC_KEY_FILE")
+                             "QTRADER_SECRETS__APPROVAL_HMAC_KEY_FILE")
         self.key = key
         exits = settings.exits.settings()
         self.engine = RiskEngine(settings.risk.limits(), instrument_for,
