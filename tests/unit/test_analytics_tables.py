@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console, RenderableType
 
 from quantum_trader.analytics.performance import compute_report
 from quantum_trader.analytics.tables import (
+    FittedTable,
     fmt_duration,
     fmt_num,
     fmt_pct,
@@ -23,7 +23,7 @@ T0 = 1_577_836_800_000
 DAY = 86_400_000
 
 
-def render(table: Table) -> str:
+def render(table: RenderableType) -> str:
     console = Console(width=200, record=True, color_system=None)
     console.print(table)
     return console.export_text()
@@ -42,7 +42,7 @@ def test_report_table_shows_every_metric_and_infinity() -> None:
                        0.3, "1d")
     assert r.profit_factor == math.inf
     table = report_table(r, title="Backtest")
-    assert isinstance(table, Table)
+    assert isinstance(table, FittedTable)
     text = render(table)
     for label in ("Total return", "CAGR", "Sharpe", "Sortino", "Max drawdown",
                   "Max drawdown duration", "Win rate", "Profit factor", "Trades",

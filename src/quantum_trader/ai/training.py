@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from quantum_trader.ai.settings import AISettings
 from quantum_trader.ai.walkforward import BASELINES, WalkForwardResult, make_splits, walk_forward
 from quantum_trader.config import Settings
 from quantum_trader.marketdata.series import BarSeries
+
+if TYPE_CHECKING:
+    from quantum_trader.analytics.tables import FittedTable
 
 Progress = Callable[[str], None]
 
@@ -156,15 +159,24 @@ class TrainingReport:
     def manifest_hash(self) -> str:
         return str(self.manifest["manifest_hash"])
 
-    def tables(self) -> list[Any]:
-        """rich Tables: per-fold classification + backtest, and overall vs baselines."""
-        from rich.table import Table
+    def tables(self) -> list[FittedTable]:
+        """Per-fold classification + backtest, overall vs baselines, and the leakage checks."""
+        from rich.text import Text
+
+        from quantum_trader.analytics.tables import FitColumn, FittedTable
 
         wf = self.walkforward
-        folds = Table(title=f"{self.name}@{self.version} walk-forward folds (out of sample)")
-        for col in ("fold", "train rows", "test rows", "test window", "AUC", "acc", "Brier",
-                    "shuffled AUC", "model ret", "model Sharpe", "rule ret", "B&H ret"):
-            folds.add_column(col, justify="right")
+        # Out-of-sample skill and what it earned against buy & hold come first; the fold's size
+        # and window, and the secondary scores, are hidden first in a narrow terminal.
+        folds = FittedTable([
+            FitColumn("fold", "right"), FitColumn("train rows", "right", priority=4),
+            FitColumn("test rows", "right", priority=4),
+            FitColumn("test window", "right", priority=3), FitColumn("AUC", "right"),
+            FitColumn("acc", "right", priority=1), FitColumn("Brier", "right", priority=2),
+            FitColumn("shuffled AUC", "right", priority=2), FitColumn("model ret", "right"),
+            FitColumn("model Sharpe", "right"), FitColumn("rule ret", "right", priority=1),
+            FitColumn("B&H ret", "right"),
+        ], title=f"{self.name}@{self.version} walk-forward folds (out of sample)")
         for f in wf.folds:
             m, s, b = f.metrics["model"], f.metrics["shuffled"], f.backtests
             folds.add_row(
@@ -175,9 +187,12 @@ class TrainingReport:
                 _f(b["model"].sharpe, 2) if b else "-",
                 _pct(b["rule_based"].total_return) if b else "-",
                 _pct(b["buy_and_hold"].total_return) if b else "-")
-        overall = Table(title="overall (all test folds) vs baselines")
-        for col in ("source", "AUC", "acc", "Brier", "return", "Sharpe", "max DD", "trades"):
-            overall.add_column(col, justify="right")
+        overall = FittedTable([
+            FitColumn("source"), FitColumn("AUC", "right"), FitColumn("acc", "right", priority=1),
+            FitColumn("Brier", "right", priority=2), FitColumn("return", "right"),
+            FitColumn("Sharpe", "right"), FitColumn("max DD", "right"),
+            FitColumn("trades", "right", priority=1),
+        ], title="overall (all test folds) vs baselines")
         for key in ("model", *BASELINES):
             cm = wf.overall.get(key, {})
             bt = wf.backtests.get(key)
@@ -187,11 +202,11 @@ class TrainingReport:
                             _f(bt.sharpe, 2) if bt else "-",
                             _pct(bt.max_drawdown) if bt else "-",
                             str(bt.trades) if bt else "-")
-        leak = Table(title="leakage checks")
-        leak.add_column("check")
-        leak.add_column("result")
+        leak = FittedTable([FitColumn("check"), FitColumn("result", wrap=True)],
+                           title="leakage checks")
         for k, v in self.leakage["checks"].items():
-            leak.add_row(k, ("pass" if v["passed"] else "FAIL") + f"  {v.get('detail', '')}")
+            # Text: a detail such as "cuts [120, 480]" is data, not console markup.
+            leak.add_row(k, Text(("pass" if v["passed"] else "FAIL") + f"  {v.get('detail', '')}"))
         return [folds, overall, leak]
 
     def render(self) -> Any:
