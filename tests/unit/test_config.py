@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import typer
-from quantum_trader.cli_exchange import exchange_app
 
+from quantum_trader.cli.exchange import exchange_app
 from quantum_trader.config import (
     DEFAULT_PORTS,
     ConfigError,

@@ -33,7 +33,7 @@ from quantum_trader.store import (
     upgrade,
 )
 from quantum_trader.store.protocol import StoreEvent, TradeStore
-from quantum_trader.store.urls import async_url
+from quantum_trader.store.urls import async_url, sqlite_file
 
 E = TypeVar("E")
 
@@ -247,10 +247,17 @@ async def store(url: str) -> AsyncIterator[SqlTradeStore]:
         await s.close()
 
 
-def test_sqlite_url_is_absolute_and_creates_parents(tmp_path: Path) -> None:
+async def test_sqlite_url_is_absolute_and_only_creating_the_store_makes_its_directory(
+        tmp_path: Path) -> None:
     u = sqlite_url(tmp_path / "a" / "b" / "x.db")
     assert u == f"sqlite+aiosqlite:///{tmp_path}/a/b/x.db"
-    assert (tmp_path / "a" / "b").is_dir()
+    assert not (tmp_path / "a").exists()  # naming a store writes nothing
+    with pytest.raises(StoreError, match="no database at"):
+        await SqlTradeStore(u).open()  # a reader never creates one
+    assert not (tmp_path / "a").exists()
+    async with SqlTradeStore(u, create=True):
+        pass
+    assert (tmp_path / "a" / "b" / "x.db").is_file()
 
 
 @pytest.mark.parametrize(
@@ -432,6 +439,10 @@ async def test_empty_write_is_a_no_op(store: SqlTradeStore) -> None:
 
 
 async def test_open_on_fresh_database_without_create_names_the_command(url: str) -> None:
+    db = sqlite_file(url)
+    assert db is not None
+    db.parent.mkdir(parents=True)
+    db.touch()  # an empty database file: there, but never migrated
     store = SqlTradeStore(url)
     with pytest.raises(SchemaOutOfDate, match="run `quantum-trader db upgrade`") as info:
         await store.open()

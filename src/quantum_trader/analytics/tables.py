@@ -41,8 +41,17 @@ def fmt_pct(value: float | None, digits: int = 2, signed: bool = False) -> str:
     return f"{value * 100:{'+' if signed else ''},.{digits}f}%"
 
 
-def fmt_ts(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # every time we print: ISO 8601 UTC, one word (never wraps)
+
+
+def fmt_time(ts_s: float | None) -> str:
+    """A time in seconds since the epoch, as every table and message prints one."""
+    return "-" if ts_s is None else datetime.fromtimestamp(ts_s, tz=UTC).strftime(TIME_FORMAT)
+
+
+def fmt_ts(ms: int | None) -> str:
+    """A time in epoch milliseconds (bars, orders, trades), in the same format."""
+    return fmt_time(None if ms is None else ms / 1000)
 
 
 def fmt_duration(ms: int) -> str:

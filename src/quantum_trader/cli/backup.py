@@ -19,10 +19,11 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
+from quantum_trader.analytics.tables import FitColumn, FittedTable
 from quantum_trader.cli.common import (
     ConfigOpt,
+    ErrorBoundaryGroup,
     UserError,
     check_writable_dir,
     console,
@@ -33,7 +34,8 @@ from quantum_trader.cli.common import settings as load_cli_settings
 from quantum_trader.config import Settings
 from quantum_trader.ops.errors import BackupError
 
-backup_app = typer.Typer(help="Backups: create (default), verify, list, prune, keygen.",
+backup_app = typer.Typer(cls=ErrorBoundaryGroup,
+                         help="Backups: create (default), verify, list, prune, keygen.",
                          invoke_without_command=True, no_args_is_help=False)
 
 # The options' environment variables are QTBACKUP_*: the settings' own prefix would read them
@@ -165,10 +167,8 @@ def backup(
             "components": sorted(res.manifest["components"]),
         }) + "\n")
         return
-    table = Table(title=f"backup {res.name}", title_justify="left")
-    table.add_column("file")
-    table.add_column("size", justify="right")
-    table.add_column("sha256")
+    table = FittedTable([FitColumn("file"), FitColumn("size", "right"),
+                         FitColumn("sha256", priority=1)], title=f"backup {res.name}")
     for fname, meta in sorted(res.manifest["files"].items()):
         table.add_row(fname, _human(meta["size"]), meta["sha256"][:16])
     console.print(table)
@@ -202,9 +202,10 @@ def backup_verify(
     url = pg_url or (settings.store.url or None)
     with _progress() as progress:
         report = verify_set(set_dir, key=key, pg_url=url, progress=progress)
-    table = Table(title=f"restore drill of {report.name}", title_justify="left")
-    for col in ("component", "item", "source (at backup)", "restored", "result"):
-        table.add_column(col)
+    table = FittedTable([FitColumn("component"), FitColumn("item", wrap=True),
+                         FitColumn("source (at backup)", "right", priority=1),
+                         FitColumn("restored", "right", priority=1), FitColumn("result")],
+                        title=f"restore drill of {report.name}")
     for c in report.checks:
         table.add_row(c.component, c.item, c.expected, c.actual,
                       "[green]PASS[/]" if c.ok else "[bold red]FAIL[/]")
@@ -246,9 +247,10 @@ def backup_list(
             "bytes": s.size, "encrypted": s.encrypted, "components": list(s.components),
         } for s in sets]) + "\n")
         return
-    table = Table(title=f"{len(sets)} backup sets", title_justify="left")
-    for col in ("name", "created", "size", "components", "state"):
-        table.add_column(col)
+    table = FittedTable([FitColumn("name"), FitColumn("created", priority=1),
+                         FitColumn("size", "right"), FitColumn("components", priority=2,
+                                                               wrap=True),
+                         FitColumn("state")], title=f"{len(sets)} backup sets")
     for s in sets:
         state = ("[green]complete[/]" + (" · encrypted" if s.encrypted else "")) \
             if s.complete else "[red]partial[/]"

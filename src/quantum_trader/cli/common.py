@@ -20,7 +20,6 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -38,6 +37,8 @@ from typer._click import exceptions as click_errors  # typer 0.29 vendors its ow
 from typer._click.core import Context
 from typer.core import TyperGroup, TyperOption
 
+from quantum_trader.analytics.tables import fmt_time as fmt_time  # the one time format
+from quantum_trader.analytics.tables import fmt_ts as fmt_ts
 from quantum_trader.config import ConfigError, EnvPrefixWarning, Settings, load_settings
 
 console = Console()
@@ -77,18 +78,6 @@ def settings(config: Path | None, overrides: dict[str, Any] | None = None) -> Se
 
 def state_overrides(state_dir: Path | None) -> dict[str, Any] | None:
     return {"paths.state_dir": str(state_dir)} if state_dir is not None else None
-
-
-# --- one time format ------------------------------------------------------------------------------
-def fmt_time(ts_s: float | None) -> str:
-    """Every time a command prints: UTC, to the second, marked as UTC."""
-    if ts_s is None:
-        return "-"
-    return datetime.fromtimestamp(ts_s, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def fmt_time_ms(ms: int | None) -> str:
-    return fmt_time(None if ms is None else ms / 1000)
 
 
 # --- what a command writes, checked before it works -----------------------------------------------

@@ -10,11 +10,19 @@ from typing import Annotated, cast
 
 import typer
 
-from quantum_trader.cli.common import UserError, check_writable_file, console, fmt_time_ms
+from quantum_trader.cli.common import (
+    ErrorBoundaryGroup,
+    UserError,
+    check_writable_file,
+    console,
+    fmt_ts,
+)
 from quantum_trader.cli.services import check_port_free
 
-exchange_app = typer.Typer(help="Run the Binance USDⓈ-M-compatible exchange simulator.")
-data_app = typer.Typer(no_args_is_help=True, help="Market data: download klines.")
+exchange_app = typer.Typer(cls=ErrorBoundaryGroup,
+                           help="Run the Binance USDⓈ-M-compatible exchange simulator.")
+data_app = typer.Typer(cls=ErrorBoundaryGroup, no_args_is_help=True,
+                       help="Market data: download klines.")
 
 
 @exchange_app.callback(invoke_without_command=True)
@@ -140,7 +148,7 @@ def download(
                 raise ExchangeError(f"unknown symbol {symbol!r} on this venue")
 
             def progress(n: int, last: int) -> None:
-                console.print(f"  {n} bars, up to {fmt_time_ms(last)}", end="\r")
+                console.print(f"  {n} bars, up to {fmt_ts(last)}", end="\r")
 
             res = await download_klines(venue, symbol, timeframe, since_ms, target, until_ms,
                                         progress=progress)

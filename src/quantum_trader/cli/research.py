@@ -7,11 +7,12 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
+from quantum_trader.analytics.tables import FitColumn, FittedTable
 from quantum_trader.cli.common import (
     EXIT_NO,
     ConfigOpt,
+    ErrorBoundaryGroup,
     JsonOpt,
     UserError,
     console,
@@ -22,7 +23,7 @@ from quantum_trader.cli.common import (
 from quantum_trader.cli.trading import load_series
 from quantum_trader.config import Settings
 
-models_app = typer.Typer(no_args_is_help=True,
+models_app = typer.Typer(cls=ErrorBoundaryGroup, no_args_is_help=True,
                          help="Model registry: list, show, promote (through the gate), rollback.")
 
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Registry model name "
@@ -112,10 +113,11 @@ def models_list(config: ConfigOpt = None, model: ModelOpt = None,
     if as_json:
         stdout_json(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
         return
-    table = Table(title=f"models in {registry.root}")
-    for col in ("", "model", "version", "created", "kind", "OOS AUC", "OOS Sharpe",
-                "manifest hash"):
-        table.add_column(col, no_wrap=True)
+    table = FittedTable([FitColumn(""), FitColumn("model"), FitColumn("version"),
+                         FitColumn("created", priority=2), FitColumn("kind", priority=1),
+                         FitColumn("OOS AUC", "right"), FitColumn("OOS Sharpe", "right"),
+                         FitColumn("manifest hash", priority=3)],
+                        title=f"models in {registry.root}")
     for i in infos:
         table.add_row("*" if i.production else "", i.name, i.version, i.created_at, i.kind,
                       "-" if i.auc is None else f"{i.auc:.4f}",

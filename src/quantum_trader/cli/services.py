@@ -9,11 +9,12 @@ import socket
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
+from quantum_trader.analytics.tables import FitColumn, FittedTable
 from quantum_trader.cli.common import (
     EXIT_NO,
     ConfigOpt,
+    ErrorBoundaryGroup,
     JsonOpt,
     UserError,
     check_writable_dir,
@@ -24,7 +25,7 @@ from quantum_trader.cli.common import (
 )
 from quantum_trader.config import SERVICE_NAMES
 
-db_app = typer.Typer(no_args_is_help=True, help="Database migrations.")
+db_app = typer.Typer(cls=ErrorBoundaryGroup, no_args_is_help=True, help="Database migrations.")
 
 PortOpt = Annotated[int | None, typer.Option(min=1, max=65_535,
                                              help="HTTP port (default from config)")]
@@ -91,11 +92,10 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         stdout_json(json.dumps(rows, indent=2))
     else:
-        table = Table(title="Quantum Trader — service health")
-        table.add_column("service", no_wrap=True)
-        table.add_column("status", no_wrap=True)
-        table.add_column("latency ms", justify="right", no_wrap=True)
-        table.add_column("why", overflow="fold")
+        table = FittedTable([FitColumn("service"), FitColumn("status"),
+                             FitColumn("latency ms", "right", priority=1),
+                             FitColumn("why", priority=2, wrap=True)],
+                            title="Quantum Trader — service health")
         colors = {"OK": "green", "DEGRADED": "yellow", "DOWN": "red"}
         for r in rows:
             st = str(r.get("status"))

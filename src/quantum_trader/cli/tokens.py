@@ -12,12 +12,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from quantum_trader.cli.common import ConfigOpt, console, err, fmt_time, settings
+from quantum_trader.analytics.tables import FitColumn, FittedTable
+from quantum_trader.cli.common import (
+    ConfigOpt,
+    ErrorBoundaryGroup,
+    console,
+    err,
+    fmt_time,
+    settings,
+)
 from quantum_trader.security.tokens import TokenStore
 
-token_app = typer.Typer(no_args_is_help=True,
+token_app = typer.Typer(cls=ErrorBoundaryGroup, no_args_is_help=True,
                         help="API tokens: create (shown once), list, revoke.")
 FileOpt = Annotated[Path | None, typer.Option(
     "--tokens-file", help="Token file (default: security.tokens_file or <state_dir>/tokens.json)")]
@@ -58,9 +65,9 @@ def list_tokens(config: ConfigOpt = None, tokens_file: FileOpt = None,
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    table = Table(title=f"API tokens ({store.path})")
-    for col in ("id", "name", "scopes", "created", "revoked"):
-        table.add_column(col)
+    table = FittedTable([FitColumn("id"), FitColumn("name"), FitColumn("scopes", priority=1),
+                         FitColumn("created", priority=2), FitColumn("revoked", priority=1)],
+                        title=f"API tokens ({store.path})")
     for row in rows:
         table.add_row(str(row["id"]), str(row["name"]), ", ".join(row["scopes"]),
                       str(row["created_at"]), str(row["revoked_at"]))

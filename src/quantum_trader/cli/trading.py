@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
+from quantum_trader.analytics.tables import FitColumn, FittedTable
 from quantum_trader.cli.common import (
     ConfigOpt,
     DataOpt,
@@ -22,7 +22,7 @@ from quantum_trader.cli.common import (
     check_writable_file,
     console,
     err,
-    fmt_time_ms,
+    fmt_ts,
     progress_bar,
     settings,
     state_overrides,
@@ -52,7 +52,7 @@ def signal_source(cfg: Settings, quiet: bool = False) -> Any:
 def trade_dict(t: Any) -> dict[str, Any]:
     return {"symbol": t.symbol, "side": t.side.value, "quantity": t.quantity,
             "entry_price": t.entry_price, "exit_price": t.exit_price,
-            "opened": fmt_time_ms(t.opened_ts), "closed": fmt_time_ms(t.closed_ts),
+            "opened": fmt_ts(t.opened_ts), "closed": fmt_ts(t.closed_ts),
             "net_pnl": round(t.net_pnl, 6), "fees": round(t.fees, 6),
             "funding": round(t.funding, 6), "exit_reason": t.exit_reason}
 
@@ -191,9 +191,8 @@ def run(
                             "backups/) or --state-dir for a separate one") from None
     finally:
         lock.__exit__(None, None, None)
-    table = Table(title="Paper trading — summary", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(justify="right")
+    table = FittedTable([FitColumn("what"), FitColumn("value", "right", wrap=True)],
+                        title="Paper trading — summary")
     table.add_row("store", url.split("///")[-1])
     table.add_row("data", identity.describe())
     table.add_row("resumed from checkpoint", "yes" if summary.resumed else "no")
