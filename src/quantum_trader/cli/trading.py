@@ -141,7 +141,13 @@ def run(
 ) -> None:
     """Paper trading on real historical bars, embedded: one process, in-memory bus, SQLite.
     Re-running on the same data resumes where the last run stopped."""
-    from quantum_trader.runtime.paper import DifferentRun, RunIdentity, run_paper
+    from quantum_trader.runtime.paper import (
+        DifferentRun,
+        RunIdentity,
+        check_identity,
+        run_paper,
+        stored_identity,
+    )
     from quantum_trader.runtime.state_lock import StateDirInUse, StateDirLock
     from quantum_trader.store.sql import SqlTradeStore
 
@@ -165,12 +171,14 @@ def run(
         if fresh and db is not None and (moved := _set_aside(db)) is not None:
             err.print(f"previous store moved to {moved}")
         url = cfg.store_url()
-        source = signal_source(cfg)
 
         async def go() -> Any:
             store = SqlTradeStore(url, create=True)
             await store.open()
             try:
+                # Before anything is said or written: is this store this data's?
+                check_identity(await stored_identity(store), identity)
+                source = signal_source(cfg)
                 with progress_bar() as prog:
                     task = prog.add_task("paper trading", total=None, rate="")
                     summary = await run_paper(cfg, series, store, source,
