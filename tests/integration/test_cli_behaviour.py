@@ -141,3 +141,18 @@ def test_an_unexpected_error_is_one_line_and_debug_gives_the_traceback(
     assert debug.exit_code == 2
     assert "Traceback" in debug.stderr
     assert "a bug" in debug.stderr
+
+
+@pytest.mark.parametrize(("argv", "code"), [
+    (["models", "list"], 0), (["models", "list", "--json"], 0), (["token", "list"], 0),
+    (["backup", "list"], 0), (["config"], 0), (["trades"], 2), (["status", "--json"], 1)])
+def test_read_only_commands_create_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           argv: list[str], code: int) -> None:
+    cfg = tmp_path / "qt.yaml"
+    cfg.write_text("services:\n  ports:\n" + "".join(
+        f"    {n}: {_free_port()}\n" for n in ("gateway", "execution")))
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, [*argv, "--config", str(cfg)], env={"COLUMNS": "160"})
+    assert res.exit_code == code, res.output
+    assert "Traceback" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qt.yaml"], argv

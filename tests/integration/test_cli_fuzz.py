@@ -73,6 +73,7 @@ ROWS: dict[str, list[tuple[list[str], str]]] = {
         (["--data", "nosuch.csv"], "nosuch.csv"),
         (["--data", "sample:XRP", "--timeframe", "1h"], "1h"),
         (["--data", "bars.csv", "--timeframe", "5m"], "5m"),
+        (["--config", "registry-file.yaml"], "afile"),
         *CONFIG_ROWS,
     ],
     "models list": [(["extra"], "extra"), (["--json", "yes"], "yes"), *CONFIG_ROWS],
@@ -223,6 +224,7 @@ def workdir(tmp_path: Path, busy_port: int, monkeypatch: pytest.MonkeyPatch) -> 
     (tmp_path / "notparquet.parquet").write_text("this is not parquet\n")
     (tmp_path / "garbage.json").write_text("{not json")
     (tmp_path / "reports-file.yaml").write_text("paths:\n  reports_dir: afile/reports\n")
+    (tmp_path / "registry-file.yaml").write_text("paths:\n  registry_dir: afile/models\n")
     from quantum_trader.config import SERVICE_NAMES
 
     ports = dict.fromkeys(SERVICE_NAMES, busy_port)

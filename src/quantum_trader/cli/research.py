@@ -15,6 +15,7 @@ from quantum_trader.cli.common import (
     ErrorBoundaryGroup,
     JsonOpt,
     UserError,
+    check_writable_dir,
     console,
     err,
     settings,
@@ -81,6 +82,7 @@ def train(
     cfg = settings(config)
     ai = _ai_settings(cfg, model_name=model, seed=seed, **{"model.kind": kind,
                                                           "walkforward.folds": folds})
+    check_writable_dir(cfg.paths.registry_dir, "model registry (paths.registry_dir)")
     spec = data or cfg.data.source
     tf = timeframe or (None if data else cfg.data.timeframe)
     series = load_series([spec], tf)[0]
