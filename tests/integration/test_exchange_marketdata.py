@@ -129,8 +129,9 @@ def test_data_download_cli_against_the_simulator(tmp_path: Path) -> None:
         bad = CliRunner().invoke(data_app, ["download", "--symbol", "NOPEUSDT", "--timeframe",
                                             "30m", "--base-url", srv.url, "--out",
                                             str(tmp_path / "x.parquet")])
-        assert bad.exit_code == 1
-        assert "unknown symbol" in bad.output
+        assert bad.exit_code == 2  # bad input: the one error line, nothing written
+        assert bad.stderr.strip().startswith("error: unknown symbol 'NOPEUSDT'")
+        assert not (tmp_path / "x.parquet").exists()
     finally:
         srv.stop()
     series = load_file(out)
