@@ -9,10 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from quantum_trader.cli.backup import backup_app, restore
+from quantum_trader.cli import app
 from quantum_trader.config import Settings
 from quantum_trader.marketdata.sample import load_sample
 from quantum_trader.observability.metrics import BACKUP_LAST_SUCCESS
@@ -23,11 +22,6 @@ from quantum_trader.store.sql import SqlTradeStore
 from quantum_trader.store.urls import sqlite_url
 
 pytestmark = pytest.mark.integration
-
-app = typer.Typer()
-app.add_typer(backup_app, name="backup")
-app.command("restore")(restore)
-
 
 def _env(state: Path) -> dict[str, str]:
     return {"QTRADER_PATHS__STATE_DIR": str(state),
