@@ -74,6 +74,7 @@ ROWS: dict[str, list[tuple[list[str], str]]] = {
         (["--data", "sample:XRP", "--timeframe", "1h"], "1h"),
         (["--data", "bars.csv", "--timeframe", "5m"], "5m"),
         (["--config", "registry-file.yaml"], "afile"),
+        (["--data", "sample:XRP", "--data", "sample:BTC"], "sample:BTC"),
         *CONFIG_ROWS,
     ],
     "models list": [(["extra"], "extra"), (["--json", "yes"], "yes"), *CONFIG_ROWS],

@@ -192,3 +192,44 @@ def _max_drawdown(ts: npt.NDArray[np.int64],
     recovered = len(after) > 0
     end_i = trough + int(after[0]) if recovered else len(eq) - 1
     return depth, int(ts[end_i] - ts[peak_i]), int(ts[peak_i]), int(ts[trough]), recovered
+
+
+@dataclass(frozen=True, slots=True)
+class PairResult:
+    """One symbol's share of a portfolio run, beside holding it for the same bars."""
+
+    symbol: str
+    bars: int
+    trades: int
+    win_rate: float | None  # None without trades
+    net_pnl: float
+    fees: float
+    funding: float
+    exposure: float  # share of the symbol's bars with a position in it
+    buy_and_hold: float  # last close / first close - 1 over the symbol's bars
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _json_safe(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def pair_results(trades: Sequence[ClosedTrade], bars: dict[str, int],
+                 exposed_bars: dict[str, int],
+                 first_last_close: dict[str, tuple[float, float]]) -> list[PairResult]:
+    """Per-symbol results in symbol order. Fees and funding are the closed trades' (what an
+    open position has paid so far shows in the account's totals, not here)."""
+    out = []
+    for sym in sorted(bars):
+        own = [t for t in trades if t.symbol == sym]
+        wins = sum(1 for t in own if t.net_pnl > 0)
+        first, last = first_last_close.get(sym, (0.0, 0.0))
+        out.append(PairResult(
+            sym, bars[sym], len(own), wins / len(own) if own else None,
+            sum(t.net_pnl for t in own), sum(t.fees for t in own), sum(t.funding for t in own),
+            exposed_bars.get(sym, 0) / bars[sym] if bars[sym] else 0.0,
+            last / first - 1.0 if first > 0 else 0.0))
+    return out
+
+
+def basket_buy_and_hold(pairs: Sequence[PairResult]) -> float | None:
+    """Equal weights in every symbol from its first bar, held to its last."""
+    return sum(p.buy_and_hold for p in pairs) / len(pairs) if pairs else None

@@ -19,7 +19,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from quantum_trader.analytics.performance import PerformanceReport
+from quantum_trader.analytics.performance import PairResult, PerformanceReport
 from quantum_trader.domain.records import ClosedTrade
 
 
@@ -313,4 +313,23 @@ def trades_table(trades: Sequence[ClosedTrade], limit: int | None = None,
             _signed(t.net_pnl, fmt_num(t.net_pnl)), fmt_num(t.fees), fmt_num(t.funding),
             Text(t.exit_reason),
         )
+    return table
+
+
+def pairs_table(pairs: Sequence[PairResult], basket: float | None,
+                title: str = "Per pair") -> FittedTable:
+    """A portfolio run's symbols side by side, and holding each (and the basket) instead."""
+    table = FittedTable([
+        FitColumn("Symbol"), FitColumn("Trades", "right"), FitColumn("Win rate", "right"),
+        FitColumn("Net PnL", "right"), FitColumn("Buy & hold", "right"),
+        FitColumn("Exposure", "right", priority=1), FitColumn("Fees", "right", priority=2),
+        FitColumn("Funding", "right", priority=2), FitColumn("Bars", "right", priority=3)],
+        title=title, caption=None if basket is None else
+        f"buy & hold of the basket (equal weights): {fmt_pct(basket, signed=True)}")
+    for p in pairs:
+        table.add_row(p.symbol, f"{p.trades:,}", fmt_pct(p.win_rate, 1),
+                      _signed(p.net_pnl, fmt_num(p.net_pnl)),
+                      _signed(p.buy_and_hold, fmt_pct(p.buy_and_hold, signed=True)),
+                      fmt_pct(p.exposure, 1), fmt_num(p.fees), fmt_num(p.funding),
+                      f"{p.bars:,}")
     return table

@@ -60,9 +60,9 @@ def _registry(cfg: Settings) -> Any:
 
 
 def train(
-    data: Annotated[str | None, typer.Option(
-        "--data", "-d", metavar="SPEC", help="FILE (CSV/parquet) or sample:XRP|BTC|ETH|EOS|LTC")
-    ] = None,
+    data: Annotated[list[str] | None, typer.Option(
+        "--data", "-d", metavar="SPEC",
+        help="FILE (CSV/parquet) or sample:XRP|BTC|ETH|EOS|LTC (one series)")] = None,
     timeframe: Annotated[str | None, typer.Option(
         help="Timeframe of FILE data (sample data is 30m; refused if the bars are not)")] = None,
     config: ConfigOpt = None,
@@ -83,7 +83,11 @@ def train(
     ai = _ai_settings(cfg, model_name=model, seed=seed, **{"model.kind": kind,
                                                           "walkforward.folds": folds})
     check_writable_dir(cfg.paths.registry_dir, "model registry (paths.registry_dir)")
-    spec = data or cfg.data.source
+    if data and len(data) > 1:
+        # Repeating the option used to keep only the last one, silently.
+        raise UserError(f"--data given {len(data)} times ({', '.join(data)}): train learns "
+                        "from one series; run it once per symbol")
+    spec = data[0] if data else cfg.data.source
     tf = timeframe or (None if data else cfg.data.timeframe)
     series = load_series([spec], tf)[0]
     registry = _registry(cfg)

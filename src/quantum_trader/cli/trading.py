@@ -70,7 +70,7 @@ def backtest(
 ) -> None:
     """Backtest on historical bars: simulated clock, simulated exchange, full risk gate."""
     from quantum_trader.analytics.charts import write_equity_chart
-    from quantum_trader.analytics.tables import report_table, trades_table
+    from quantum_trader.analytics.tables import pairs_table, report_table, trades_table
     from quantum_trader.runtime.backtest import run_backtest
 
     cfg = settings(config)
@@ -100,10 +100,14 @@ def backtest(
             "bars_per_second": round(result.bars_per_second), "orders": result.orders,
             "signals": result.signals, "rejections": result.rejections,
             "chart": str(chart_path), "report": result.report.to_dict(),
+            "pairs": [p.to_dict() for p in result.pairs],
+            "basket_buy_and_hold": result.basket_buy_and_hold,
             "trades": [trade_dict(t) for t in result.trades]}, indent=2))
         return
     console.print(report_table(result.report, title=f"Backtest — {result.source} on {name} "
                                                      f"{result.timeframe}"))
+    if len(result.pairs) > 1:
+        console.print(pairs_table(result.pairs, result.basket_buy_and_hold))
     console.print(trades_table(result.trades[-trades_shown:] if trades_shown else [],
                                title=f"Last {min(trades_shown, len(result.trades))} of "
                                      f"{len(result.trades)} trades"))

@@ -68,6 +68,11 @@ class ExitBrain:
         self.settings = settings or ExitSettings()
         self.guards: dict[str, _Guard] = {}
         self._inst = instruments
+        # The last intent number used in each trace. A position of one trace can close and
+        # open again (the rest of a partly filled entry arriving after its stop closed the
+        # first part): the new guard must go on numbering, or its stop would get the dead
+        # stop's intent id, and an intent has one order, whatever became of it.
+        self._trace_seq: dict[str, int] = {}
 
     # --- position lifecycle -----------------------------------------------------------------
     def on_entry_fill(self, entry: OrderIntent | None, position: Position, ts: int,
@@ -91,7 +96,7 @@ class ExitBrain:
                         position.avg_entry * (1.0 + sign * dist * self.settings.take_profit_rr))
             g = _Guard(position.symbol, side, position.avg_entry, position.opened_ts or ts,
                        trace_id, stop if self.settings.stop_loss else None, target,
-                       position.avg_entry)
+                       position.avg_entry, seq=self._trace_seq.get(trace_id, 0))
             self.guards[position.symbol] = g
         qty = abs(position.qty)
         if qty <= g.protect_qty + 1e-12:
@@ -172,7 +177,7 @@ class ExitBrain:
         if g is None:  # a position we did not open (adopted): guard it from now on
             g = _Guard(signal.symbol, Side.BUY if position.qty > 0 else Side.SELL,
                        position.avg_entry, position.opened_ts, signal.trace_id, None, None,
-                       position.avg_entry)
+                       position.avg_entry, seq=self._trace_seq.get(signal.trace_id, 0))
             self.guards[signal.symbol] = g
         if g.exiting:
             return None
@@ -184,6 +189,7 @@ class ExitBrain:
                      tag: str, signal_id: str | None = None) -> ExitActions:
         g.exiting = True
         g.seq += 1
+        self._trace_seq[g.trace_id] = g.seq
         acts = ExitActions()
         acts.intents.append(OrderIntent(
             id=f"{g.trace_id}:{tag}:{g.seq}", symbol=g.symbol, side=g.side.opposite,
@@ -196,6 +202,7 @@ class ExitBrain:
     def _protective(self, g: _Guard, order_type: OrderType, level: float, qty: float, ts: int,
                     tag: str, acts: ExitActions) -> str:
         g.seq += 1
+        self._trace_seq[g.trace_id] = g.seq
         intent = OrderIntent(
             id=f"{g.trace_id}:{tag}:{g.seq}", symbol=g.symbol, side=g.side.opposite,
             quantity=qty, order_type=order_type, purpose=IntentPurpose.EXIT, ts=ts,
@@ -260,6 +267,7 @@ class ExitBrain:
                 sl_order: str | None, tp_order: str | None, seq: int) -> None:
         """Guard a position again after a restart; ``seq`` continues the intent numbering so
         new protective orders never reuse an old client order id."""
+        self._trace_seq[trace_id] = max(seq, self._trace_seq.get(trace_id, 0))
         self.guards[symbol] = _Guard(symbol, side, entry_price, opened_ts, trace_id, stop,
                                      target, entry_price, sl_order, tp_order, seq=seq,
                                      protect_qty=qty)

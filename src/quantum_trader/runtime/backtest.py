@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quantum_trader.analytics.performance import PerformanceReport, compute_report
+from quantum_trader.analytics.performance import (
+    PairResult,
+    PerformanceReport,
+    basket_buy_and_hold,
+    compute_report,
+    pair_results,
+)
 from quantum_trader.config import Settings
 from quantum_trader.domain.models import TIMEFRAME_MS
 from quantum_trader.domain.records import ClosedTrade
@@ -35,6 +41,8 @@ class BacktestResult:
     fills: int
     signals: int
     rejections: dict[str, int] = field(default_factory=dict)
+    pairs: list[PairResult] = field(default_factory=list)
+    basket_buy_and_hold: float | None = None
 
     @property
     def bars_per_second(self) -> float:
@@ -53,9 +61,12 @@ def run_backtest(series: Sequence[BarSeries], settings: Settings,
     node = build_node(settings, source, name="backtest")
     feed = ReplayFeed(list(series))
     n = len(feed)
+    # One account: one equity point per bar time (after every symbol's bar of that time), and
+    # a time is exposed when any symbol holds a position after its bar.
     eq_ts = np.empty(n, dtype=np.int64)
     eq = np.empty(n, dtype=np.float64)
-    exposed = 0
+    step_exposed = np.zeros(n, dtype=np.bool_)
+    exposed_bars = dict.fromkeys((s.symbol for s in series), 0)
     pf = node.portfolio
     on_bar = node.on_bar
     positions = pf.positions
@@ -65,15 +76,21 @@ def run_backtest(series: Sequence[BarSeries], settings: Settings,
     gc.freeze()
     t0 = time.perf_counter()
     i = 0
+    k = -1
+    last_ts = -1
     try:
         for bar in feed:
             on_bar(bar)
-            eq_ts[i] = bar.ts + tf_ms
-            eq[i] = pf.wallet + pf.unrealized
+            if bar.ts != last_ts:
+                k += 1
+                last_ts = bar.ts
+                eq_ts[k] = last_ts + tf_ms
+            eq[k] = pf.wallet + pf.unrealized
             if positions:
                 p = positions.get(bar.symbol)
                 if p is not None and p.qty != 0.0:
-                    exposed += 1
+                    exposed_bars[bar.symbol] += 1
+                    step_exposed[k] = True
             i += 1
             if progress is not None and i % progress_every == 0:
                 progress(progress_every)
@@ -82,16 +99,23 @@ def run_backtest(series: Sequence[BarSeries], settings: Settings,
     elapsed = time.perf_counter() - t0
     if progress is not None:
         progress(i % progress_every)
-    return _result(node, series, eq_ts[:i], eq[:i], exposed / max(i, 1), elapsed)
+    steps = k + 1
+    exposure = float(step_exposed[:steps].sum()) / max(steps, 1)
+    return _result(node, series, eq_ts[:steps], eq[:steps], exposure, exposed_bars, i, elapsed)
 
 
 def _result(node: TradingNode, series: Sequence[BarSeries], eq_ts: np.ndarray, eq: np.ndarray,
-            exposure: float, elapsed: float) -> BacktestResult:
+            exposure: float, exposed_bars: dict[str, int], bars: int,
+            elapsed: float) -> BacktestResult:
     pf = node.portfolio
     report = compute_report(eq_ts, eq, node.trades, pf.fees_paid, pf.funding_paid, exposure,
                             series[0].timeframe)
     orders = len(node.engine.orders)
     fills = sum(1 for o in node.engine.orders.values() if o.filled_qty > 0)
+    pairs = pair_results(node.trades, {s.symbol: len(s) for s in series}, exposed_bars,
+                         {s.symbol: (float(s.close[0]), float(s.close[-1]))
+                          for s in series if len(s)})
     return BacktestResult(node.source.name, [s.symbol for s in series], series[0].timeframe,
-                          len(eq), elapsed, report, list(node.trades), eq_ts, eq, orders, fills,
-                          node.signals_seen, dict(node.rejections))
+                          bars, elapsed, report, list(node.trades), eq_ts, eq, orders, fills,
+                          node.signals_seen, dict(node.rejections), pairs,
+                          basket_buy_and_hold(pairs))
