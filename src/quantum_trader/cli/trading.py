@@ -223,7 +223,7 @@ def run(
     if summary.trading_state != "ACTIVE":
         err.print(f"[yellow]trading is {summary.trading_state}[/]: the risk gate refuses new "
                   "entries in this account. Start a new one with --fresh, or see "
-                  "docs/runbook.md on trading states.")
+                  "docs/runbook.md, TradingHalted.")
 
 
 def trades(
