@@ -33,6 +33,7 @@ CONFIG_ROWS = [
 ROWS: dict[str, list[tuple[list[str], str]]] = {
     "backtest": [
         (["--data", "nosuch.csv"], "nosuch.csv"),
+        (["--data", "no[such]/x[1].csv"], "no[such]/x[1].csv"),  # printed as is, not markup
         (["--data", "sample:DOGE"], "DOGE"),
         (["--chart", "out.gif"], "--chart"),
         (["--chart", "afile/x.png"], "afile"),

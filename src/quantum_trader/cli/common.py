@@ -25,6 +25,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -70,7 +71,7 @@ def settings(config: Path | None, overrides: dict[str, Any] | None = None) -> Se
         loaded = load_settings(config, overrides=overrides)
     for w in caught:
         if issubclass(w.category, EnvPrefixWarning):
-            err.print(f"[yellow]note:[/] {w.message}", soft_wrap=True)
+            err.print(f"[yellow]note:[/] {escape(str(w.message))}", soft_wrap=True)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return loaded
@@ -135,7 +136,8 @@ def progress_bar() -> Progress:
 # --- the error boundary ---------------------------------------------------------------------------
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     """Print ``error: message`` on stderr and exit."""
-    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    # Escaped: a path or a value may hold brackets rich would read as markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -185,7 +187,8 @@ def _usage(exc: click_errors.UsageError) -> NoReturn:
 
 
 class ErrorBoundaryGroup(TyperGroup):
-    """The root command group: every failure below it goes through ``handle``."""
+    """The root group and every command group: a failure below it goes through ``handle``
+    (the innermost group handles it; the groups above see only the exit)."""
 
     def make_context(self, info_name: str | None, args: list[str],
                      parent: Context | None = None, **extra: Any) -> Context:
