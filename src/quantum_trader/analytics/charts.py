@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,11 @@ def drawdown_pct(equity: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 def write_equity_chart(path: str | os.PathLike[str], equity_ts: npt.NDArray[np.int64],
-                       equity: npt.NDArray[np.float64], title: str = "Equity") -> Path:
+                       equity: npt.NDArray[np.float64], title: str = "Equity",
+                       marks: Sequence[tuple[int, str]] = ()) -> Path:
     """Two panels (equity; drawdown filled, in %) over dates. The format follows the suffix:
-    ``.png``, ``.svg`` or ``.html`` / ``.htm`` (a standalone page embedding the SVG)."""
+    ``.png``, ``.svg`` or ``.html`` / ``.htm`` (a standalone page embedding the SVG).
+    ``marks``: (epoch ms, label) drawn as vertical lines, e.g. when trading halted."""
     target = Path(path)
     suffix = target.suffix.lower()
     if suffix not in _SUFFIXES:
@@ -66,7 +69,7 @@ def write_equity_chart(path: str | os.PathLike[str], equity_ts: npt.NDArray[np.i
     if not (eq[0] > 0 and np.isfinite(eq).all()):
         raise ValueError("equity must be finite and start positive")
 
-    fig = _figure(ts, eq, title)
+    fig = _figure(ts, eq, title, marks)
     target.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".png":
         fig.savefig(target, format="png", dpi=110)
@@ -79,7 +82,8 @@ def write_equity_chart(path: str | os.PathLike[str], equity_ts: npt.NDArray[np.i
     return target
 
 
-def _figure(ts: npt.NDArray[np.int64], eq: npt.NDArray[np.float64], title: str) -> Any:
+def _figure(ts: npt.NDArray[np.int64], eq: npt.NDArray[np.float64], title: str,
+            marks: Sequence[tuple[int, str]] = ()) -> Any:
     # Imported here: matplotlib costs a noticeable import time that most commands never need.
     import matplotlib.dates as mdates
     import matplotlib.ticker as mticker
@@ -108,6 +112,13 @@ def _figure(ts: npt.NDArray[np.int64], eq: npt.NDArray[np.float64], title: str) 
     ax_dd.yaxis.set_major_formatter(mticker.PercentFormatter(xmax=100, decimals=0))
     ax_dd.set_ylim(top=0.0)
     ax_dd.grid(True, alpha=0.3)
+    for when, label in marks:
+        at = np.datetime64(int(when), "ms")
+        for ax in (ax_eq, ax_dd):
+            ax.axvline(at, color="#7f3fbf", linewidth=1.0, linestyle="--")
+        ax_eq.annotate(label, xy=(at, 1.0), xycoords=("data", "axes fraction"),
+                       xytext=(3, -12), textcoords="offset points", fontsize=8,
+                       color="#7f3fbf")
     locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call]
     ax_dd.xaxis.set_major_locator(locator)
     ax_dd.xaxis.set_major_formatter(

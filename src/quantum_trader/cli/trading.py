@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from quantum_trader.analytics.tables import FitColumn, FittedTable
 from quantum_trader.cli.common import (
@@ -91,8 +92,10 @@ def backtest(
             result = run_backtest(series, cfg, source,
                                   progress=lambda n: prog.update(task, advance=n))
     chart_path.parent.mkdir(parents=True, exist_ok=True)
+    changes = [(a.ts, f"{a.detail.get('to')}: {a.detail.get('reason')}")
+               for a in result.state_changes]
     write_equity_chart(chart_path, result.equity_ts, result.equity,
-                       f"{result.source} on {name} {result.timeframe}")
+                       f"{result.source} on {name} {result.timeframe}", marks=changes)
     if as_json:
         stdout_json(json.dumps({
             "source": result.source, "symbols": result.symbols, "timeframe": result.timeframe,
@@ -102,6 +105,7 @@ def backtest(
             "chart": str(chart_path), "report": result.report.to_dict(),
             "pairs": [p.to_dict() for p in result.pairs],
             "basket_buy_and_hold": result.basket_buy_and_hold,
+            "state_changes": [{"time": fmt_ts(a.ts), **a.detail} for a in result.state_changes],
             "trades": [trade_dict(t) for t in result.trades]}, indent=2))
         return
     console.print(report_table(result.report, title=f"Backtest — {result.source} on {name} "
@@ -114,6 +118,10 @@ def backtest(
     if result.rejections:
         console.print("Risk rejections: " + ", ".join(
             f"{k}={v}" for k, v in sorted(result.rejections.items())))
+    for when, what in changes:
+        err.print(f"[yellow]trading {escape(what)}[/] at {fmt_ts(when)}: the risk gate "
+                  "refused new entries from then on (the chart marks it; the limits are "
+                  "under risk: in the config)", soft_wrap=True)
     console.print(f"{result.bars:,} bars in {result.elapsed_s:.2f}s "
                   f"({result.bars_per_second:,.0f} bars/s). Chart: {chart_path}")
 
@@ -191,12 +199,13 @@ def run(
                                               identity=identity)
                     prog.update(task, total=summary.bars_processed + summary.bars_skipped)
                 counts = await store.counts()
+                state_events = await store.audit("trading_state")
             finally:
                 await store.close()
-            return summary, counts
+            return summary, counts, state_events
 
         try:
-            summary, counts = asyncio.run(go())
+            summary, counts, state_events = asyncio.run(go())
         except DifferentRun as exc:
             raise UserError(f"{exc}: resuming would continue that account on other bars. "
                             "Use --fresh to start a new account (the old store is kept in "
@@ -215,7 +224,10 @@ def run(
         f"{p.symbol} {p.qty:+g} @ {p.avg_entry:.5g}" for p in summary.open_positions) or "none")
     table.add_row("equity", f"{summary.equity:,.2f}")
     table.add_row("max drawdown", f"{summary.max_drawdown:.2%}")
-    table.add_row("trading state", summary.trading_state)
+    last_change = state_events[-1] if state_events else None
+    table.add_row("trading state", summary.trading_state if last_change is None else
+                  f"{summary.trading_state} since {fmt_ts(last_change.ts)}: "
+                  f"{last_change.detail.get('reason', '?')}")
     table.add_row("risk rejections", ", ".join(
         f"{k}={v}" for k, v in sorted(summary.rejections.items())) or "none")
     table.add_row("rows in store", ", ".join(f"{k}={v}" for k, v in counts.items()))

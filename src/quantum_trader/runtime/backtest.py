@@ -18,7 +18,7 @@ from quantum_trader.analytics.performance import (
 )
 from quantum_trader.config import Settings
 from quantum_trader.domain.models import TIMEFRAME_MS
-from quantum_trader.domain.records import ClosedTrade
+from quantum_trader.domain.records import AuditEvent, ClosedTrade
 from quantum_trader.domain.strategy import SignalSource
 from quantum_trader.marketdata.replay import ReplayFeed
 from quantum_trader.marketdata.series import BarSeries
@@ -43,6 +43,7 @@ class BacktestResult:
     rejections: dict[str, int] = field(default_factory=dict)
     pairs: list[PairResult] = field(default_factory=list)
     basket_buy_and_hold: float | None = None
+    state_changes: list[AuditEvent] = field(default_factory=list)  # halts: when and why
 
     @property
     def bars_per_second(self) -> float:
@@ -118,4 +119,4 @@ def _result(node: TradingNode, series: Sequence[BarSeries], eq_ts: np.ndarray, e
     return BacktestResult(node.source.name, [s.symbol for s in series], series[0].timeframe,
                           bars, elapsed, report, list(node.trades), eq_ts, eq, orders, fills,
                           node.signals_seen, dict(node.rejections), pairs,
-                          basket_buy_and_hold(pairs))
+                          basket_buy_and_hold(pairs), list(node.state_changes))

@@ -54,6 +54,9 @@ class TradingNode:
         self.bars_seen = 0
         self.signals_seen = 0
         self.rejections: dict[str, int] = {}
+        # Trading-state changes of this run (a halt is the one a trader must be told about:
+        # when, and why), whatever the journal keeps.
+        self.state_changes: list[AuditEvent] = []
         self.on_order_accepted: Callable[[Order], None] | None = None
         self._deferred: list[tuple[ExitActions, int]] | None = None
         self._held: list[Order] = []  # entries waiting for the exit of the opposite position
@@ -94,6 +97,7 @@ class TradingNode:
             risk.sync(pf)
             audit = risk.check_breakers(close_ts)
             if audit is not None:
+                self.state_changes.append(audit)
                 self.journal.record(audit)
         pos = pf.positions.get(sym)
         if pos is not None and pos.qty != 0.0:
@@ -278,6 +282,7 @@ class TradingNode:
     def set_trading_state(self, state: TradingState, reason: str, ts: int) -> None:
         audit = self.risk.set_trading_state(state, reason, ts)
         if audit is not None:
+            self.state_changes.append(audit)
             self.journal.record(audit)
         if state is TradingState.HALTED:
             for order in self.engine.working_orders():
