@@ -35,9 +35,20 @@ CHART_SUFFIXES = (".png", ".html")
 
 
 def load_series(specs: list[str], timeframe: str | None) -> list[Any]:
+    """The bars of every ``--data``; a symbol we know no exchange filters for is named, since
+    its sizes and prices are then rounded to generic steps."""
+    from quantum_trader.domain.instruments import DEFAULT_INSTRUMENTS, Instrument
     from quantum_trader.marketdata.sample import resolve_source
 
-    return [resolve_source(spec, timeframe=timeframe) for spec in specs]
+    series = [resolve_source(spec, timeframe=timeframe) for spec in specs]
+    for spec, s in zip(specs, series, strict=True):
+        if s.symbol not in DEFAULT_INSTRUMENTS:
+            g = Instrument(s.symbol)
+            err.print(f"[yellow]note:[/] {escape(spec)}: no exchange filters known for "
+                      f"{escape(s.symbol)}; using generic ones (tick {g.tick_size:g}, step "
+                      f"{g.step_size:g}, min notional {g.min_notional:g}). If the bars are "
+                      f"another symbol's, say which: {escape(spec)}@SYMBOL", soft_wrap=True)
+    return series
 
 
 def signal_source(cfg: Settings, quiet: bool = False) -> Any:

@@ -448,10 +448,26 @@ def _timeframe(path: str, ts: IntArray, timeframe: str | None, column: str) -> s
                     path=path, column=column)
 
 
+# Freqtrade's data files: BASE_QUOTE-TF for spot, BASE_QUOTE_SETTLE-TF-futures for futures
+# (XRP_USDT_USDT-30m-futures.parquet is XRPUSDT, not "XRP").
+_FREQTRADE_NAME = re.compile(
+    r"^(?P<base>[A-Za-z0-9]+)_(?P<quote>[A-Za-z0-9]+)(?:_[A-Za-z0-9]+)?"
+    r"-\d+[smhdwM](?:-[a-z_]+)?$")
+
+
+def symbol_from_name(path: str | Path) -> str:
+    """The symbol a data file's name gives: Freqtrade's ``BASE_QUOTE[_SETTLE]-TF[-kind]``, or
+    the name's first word (``BTCUSDT-30m.csv``, ``btcusdt_1m.csv``)."""
+    stem = Path(path).name.split(".")[0]
+    m = _FREQTRADE_NAME.match(stem)
+    if m is not None:
+        return f"{m['base']}{m['quote']}".upper()
+    token = re.split(r"[-_ ]", stem)[0] or stem
+    return token.upper()
+
+
 def _symbol_from(raw: _Raw) -> str:
     meta = raw.metadata.get(_META_SYMBOL)
     if meta:
         return meta.decode()
-    stem = Path(raw.path).name.split(".")[0]
-    token = re.split(r"[-_ ]", stem)[0] or stem
-    return token.upper()
+    return symbol_from_name(raw.path)

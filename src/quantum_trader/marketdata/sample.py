@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
+import re
 from pathlib import Path
 
 from quantum_trader.marketdata.files import load_file_with_quality
@@ -70,7 +71,7 @@ def sample_quality(asset: str) -> DataQuality:
 
 def resolve_source(spec: str, symbol: str | None = None,
                    timeframe: str | None = None) -> BarSeries:
-    """``sample:XRP`` or a CSV/parquet path -> ``BarSeries``.
+    """``sample:XRP``, a CSV/parquet path, or ``PATH@SYMBOL`` -> ``BarSeries``.
 
     ``symbol`` renames the series; ``timeframe`` is checked against a sample's (bars are never
     resampled here) and tells a file's timeframe instead of inferring it.
@@ -83,6 +84,10 @@ def resolve_source(spec: str, symbol: str | None = None,
             series = dataclasses.replace(series, symbol=symbol)
         return series
     path = Path(spec).expanduser()
+    at = spec.rfind("@")
+    if not path.exists() and at > 0 and re.fullmatch(r"[A-Za-z0-9]+", spec[at + 1:]):
+        # FILE@SYMBOL: the file's bars under the symbol the user names (its filters too).
+        path, symbol = Path(spec[:at]).expanduser(), symbol or spec[at + 1:].upper()
     if not path.exists():
         known = ", ".join(f"{SAMPLE_PREFIX}{a}" for a in SAMPLE_ASSETS)
         raise DataError(f"{spec}: no such file (data sources are a CSV/parquet path or one of "
