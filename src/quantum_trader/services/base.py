@@ -62,6 +62,7 @@ class Service:
         self._consumers: list[Consumer] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
+        self._stopping = False  # set first thing in stop(): in-flight waits give up
         self._handled: dict[str, asyncio.Event] = {}  # stream -> "its consumer handled one"
         self.owns_bus = True  # False when several services share one in-process bus
         self.health.add("redis", self._check_bus, critical=True)
@@ -96,6 +97,11 @@ class Service:
         deadline = loop.time() + timeout_s
         handled = self._handled.setdefault(stream_name(topic), asyncio.Event())
         while True:
+            if self._stopping:
+                # A stopping service does not wait out a peer (up to a minute in a lockstep
+                # replay): the message in hand stays pending and is redelivered after the
+                # restart, as after a crash.
+                raise asyncio.CancelledError
             handled.clear()  # before the check: whatever is handled after it wakes us
             await self.catch_up(topic)
             if done():
@@ -143,6 +149,9 @@ class Service:
     async def stop(self) -> None:
         """Drain: finish in-flight messages, then stop everything."""
         self.health.ready = False
+        self._stopping = True
+        for waiting in self._handled.values():
+            waiting.set()  # wake catch_up_until, which then gives up
         for c in self._consumers:
             await c.stop()
         self._stop.set()
