@@ -289,12 +289,14 @@ class Settings(_Section):
         return None if self.store.url else self.paths.state_dir / "quantum_trader.db"
 
     def store_url(self) -> str:
-        """The configured database, or a SQLite file in the state dir (created on demand)."""
-        if self.store.url:
+        """The configured database, or the SQLite file ``sqlite_path`` names (the store
+        creates it, and its directory, when it is opened with ``create``)."""
+        db = self.sqlite_path()
+        if db is None:
             return self.store.url
         from quantum_trader.store.urls import sqlite_url
 
-        return sqlite_url(self.paths.state_dir / "quantum_trader.db")
+        return sqlite_url(db)
 
 
 # Sections and top-level keys: the names an environment variable may start with.

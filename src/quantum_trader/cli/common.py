@@ -40,7 +40,7 @@ from typer.core import TyperGroup, TyperOption
 
 from quantum_trader.analytics.tables import fmt_time as fmt_time  # the one time format
 from quantum_trader.analytics.tables import fmt_ts as fmt_ts
-from quantum_trader.config import ConfigError, EnvPrefixWarning, Settings, load_settings
+from quantum_trader.config import EnvPrefixWarning, Settings, load_settings
 
 console = Console()
 err = Console(stderr=True, highlight=False)
@@ -142,14 +142,12 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 
 def _expected() -> tuple[type[BaseException], ...]:
-    from quantum_trader.ai.registry import RegistryError
     from quantum_trader.exchange.errors import ExchangeError
     from quantum_trader.ops.errors import BackupError
-    from quantum_trader.security.tokens import TokenError
     from quantum_trader.store.errors import StoreError
 
-    return (ConfigError, UserError, BackupError, StoreError, TokenError, RegistryError,
-            ExchangeError, ValueError)
+    # ValueError covers ConfigError, UserError, TokenError, RegistryError and DataError.
+    return (ValueError, BackupError, StoreError, ExchangeError)
 
 
 def _os_error_line(exc: OSError) -> str:

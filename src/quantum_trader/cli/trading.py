@@ -6,6 +6,8 @@ import asyncio
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -150,6 +152,18 @@ def _set_aside(db: Path) -> Path | None:
     return dest
 
 
+@contextmanager
+def _one_run(state: Path) -> Iterator[None]:
+    """Hold the state directory for the whole run; a second run is told who holds it."""
+    from quantum_trader.runtime.state_lock import StateDirInUse, StateDirLock
+
+    try:
+        with StateDirLock(state):  # only entering can raise StateDirInUse
+            yield
+    except StateDirInUse as exc:
+        raise UserError(f"{exc}: wait for it to finish, stop it, or use --state-dir") from None
+
+
 def run(
     data: DataOpt = None,
     config: ConfigOpt = None,
@@ -171,7 +185,6 @@ def run(
         run_paper,
         stored_identity,
     )
-    from quantum_trader.runtime.state_lock import StateDirInUse, StateDirLock
     from quantum_trader.store.sql import SqlTradeStore
 
     if speed is not None and speed <= 0:
@@ -186,11 +199,7 @@ def run(
     specs = data or [cfg.data.source]
     series = load_series(specs, None)
     identity = RunIdentity.of(specs, series)
-    try:
-        lock = StateDirLock(state).__enter__()
-    except StateDirInUse as exc:
-        raise UserError(f"{exc}: wait for it to finish, stop it, or use --state-dir") from None
-    try:
+    with _one_run(state):
         if fresh and db is not None and (moved := _set_aside(db)) is not None:
             err.print(f"previous store moved to {moved}")
         url = cfg.store_url()
@@ -221,8 +230,6 @@ def run(
             raise UserError(f"{exc}: resuming would continue that account on other bars. "
                             "Use --fresh to start a new account (the old store is kept in "
                             "backups/) or --state-dir for a separate one") from None
-    finally:
-        lock.__exit__(None, None, None)
     table = FittedTable([FitColumn("what"), FitColumn("value", "right", wrap=True)],
                         title="Paper trading — summary")
     table.add_row("store", url.split("///")[-1])
