@@ -62,7 +62,10 @@ def test_a_second_run_on_one_state_directory_is_refused_and_names_the_holder(
     try:
         lock = tmp_path / "var" / "run.lock"
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (lock.exists() and lock.read_text()):
+        db = tmp_path / "var" / "quantum_trader.db"
+        # Both held and written: the first run has made its store before we look.
+        while time.monotonic() < deadline and not (lock.exists() and lock.read_text()
+                                                   and db.exists()):
             time.sleep(0.2)
         assert json.loads(lock.read_text())["pid"] == first.pid
         before = sorted(p.name for p in (tmp_path / "var").iterdir())
@@ -70,7 +73,9 @@ def test_a_second_run_on_one_state_directory_is_refused_and_names_the_holder(
         assert second.returncode == 2
         assert f"pid {first.pid}" in second.stderr
         assert "in use by another run" in second.stderr
-        assert sorted(p.name for p in (tmp_path / "var").iterdir()) == before
+        after = sorted(p.name for p in (tmp_path / "var").iterdir())
+        # Nothing of the second run's: only the first run's own WAL files may have appeared.
+        assert set(after) - set(before) <= {"quantum_trader.db-wal", "quantum_trader.db-shm"}
     finally:
         first.terminate()
         first.wait(30)
