@@ -467,11 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--symbols", default="XRPUSDT,LTCUSDT")
+    ap.add_argument("--min-trades", type=int, default=0,
+                    help="run over (up to 120 s) until the venue has made this many trades")
     ap.add_argument("--workdir", type=Path, default=None, help="keep logs here")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     cfg = SoakConfig(seed=args.seed, duration_s=args.duration,
-                     symbols=tuple(args.symbols.split(",")))
+                     symbols=tuple(args.symbols.split(",")), min_trades=args.min_trades)
     report = run_soak(cfg, args.workdir)
     if args.json:
         print(json.dumps({"seed": report.seed, "counts": report.counts,
