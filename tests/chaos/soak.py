@@ -262,8 +262,41 @@ def _chaos(cfg: SoakConfig, c: Cluster, state: SimState, srv: SimServer,
     if unsettled is not None:
         report.violations.append(f"did not settle in {cfg.settle_timeout_s:.0f}s: "
                                  f"{unsettled}")
+    # The checks read the venue, then our tables: a market still moving between the two
+    # (a stop that triggers meanwhile) would be a difference of the check's own making.
+    state.freeze()
+    unsettled = _settle(c, state, 20.0)
+    if unsettled is not None:
+        report.violations.append(f"did not settle with the market still: {unsettled}")
     monitor.stop_event.set()
     _check(c, state, monitor, cfg, report)
+    if report.violations:
+        _dump(c, state, report)
+
+
+def _dump(c: Cluster, state: SimState, report: SoakReport) -> None:
+    """Keep what a violation needs explaining: our tables and the venue's records, as JSON
+    beside the services' logs (the databases go with the run)."""
+    out = c.root / "forensics"
+    out.mkdir(exist_ok=True)
+    for table in ("orders", "fills", "venue_trades", "positions", "audit_events",
+                  "checkpoints", "cursors"):
+        try:
+            rows = [dict(r) for r in c.query(f"select * from {table}")]
+        except Exception as exc:  # noqa: BLE001 - forensics must not hide the report
+            rows = [{"error": str(exc)}]
+        (out / f"{table}.json").write_text(json.dumps(rows, default=str, indent=1))
+    rec = state.records()
+    venue = {"orders": rec.orders, "trades": rec.trades, "income": rec.income,
+             "positions": rec.positions, "wallet": rec.wallet}
+    (out / "venue.json").write_text(json.dumps(venue, default=_plain, indent=1))
+    report.events.append(f"forensics kept in {out}")
+
+
+def _plain(o: Any) -> Any:
+    if hasattr(o, "__dataclass_fields__"):
+        return {k: getattr(o, k) for k in o.__dataclass_fields__}
+    return str(o)
 
 
 def _schedule(cfg: SoakConfig, rng: random.Random) -> list[tuple[float, str]]:
@@ -327,6 +360,9 @@ def _settle(c: Cluster, state: SimState, timeout_s: float) -> str | None:
         theirs = {p.symbol: p.qty for p in state.positions() if p.qty}
         if set(ours) != set(theirs) or any(abs(ours[s] - theirs[s]) > 1e-9 for s in ours):
             return f"positions: ours {ours} venue {theirs}"
+        booked = int(c.query("select count(*) from venue_trades")[0][0])
+        if booked != len(state.records().trades):
+            return f"trades: {booked} booked of the venue's {len(state.records().trades)}"
         sick = {n: h.get("reasons") for n in PIPELINE_SERVICES
                 if (h := c.health(n))["status"] != "OK"}
         return f"services not OK: {sick}" if sick else None

@@ -487,3 +487,47 @@ async def test_a_halt_survives_a_restart_whatever_clocks_the_audit_mixes(
         assert svc.engine.trading_state is TradingState.HALTED
     finally:
         await svc.stop()
+
+
+async def test_a_fill_and_the_position_it_makes_are_committed_together(
+        tmp_path: Path) -> None:
+    """Defect (found by the chaos soak): a commit made on the way to sending an order (the
+    "may be on the venue" record) carried the fills booked just before it but not their
+    positions, which only account commits wrote. A reader, or a restart after a crash
+    during the send, saw a trade booked and the position it made missing."""
+    from quantum_trader.domain.models import Fill
+
+    async with stack(tmp_path) as st:
+        svc = await st.execution()
+        store = svc.store
+        assert store is not None
+        batches: list[list[Any]] = []
+        write = store.write
+
+        async def recording(events: Any) -> None:
+            batches.append(list(events))
+            await write(events)
+
+        store.write = recording  # type: ignore[method-assign]
+        await svc.on_approved(approval(st.entry("e1")))
+        await st.next_bar(svc)  # long 2000
+        series = st.state.series[SYM]
+        while series.bar(len(st.state.closed_bars(SYM))).low >= st.price() * 0.999:
+            await st.next_bar(svc)  # to a bar that trades below the market
+        level = round(st.price() * 0.9995, 4)
+        await svc.on_approved(approval(st.stop("e1:sl", Side.SELL, 2000.0, level)))
+        # A short entry against the long waits for the exit: it goes once the stop has
+        # filled, which is the send that committed the stop's fill without its position.
+        await svc.on_approved(approval(st.entry("e2", Side.SELL)))
+        assert svc.engine.order(client_order_id_for("e2")).status is OrderStatus.NEW  # type: ignore[union-attr]
+        await st.next_bar(svc)
+        assert svc.engine.order(client_order_id_for("e1:sl")).status is OrderStatus.FILLED  # type: ignore[union-attr]
+        assert svc.engine.order(client_order_id_for("e2")).status is not OrderStatus.NEW  # type: ignore[union-attr]
+        with_fills = [b for b in batches if any(isinstance(e, Fill) for e in b)]
+        assert len(with_fills) >= 2
+        for batch in with_fills:
+            for i, ev in enumerate(batch):
+                if isinstance(ev, Fill):
+                    after = [e for e in batch[i + 1:] if isinstance(e, PositionSnapshot)
+                             and e.symbol == ev.symbol]
+                    assert after, f"fill {ev.id} committed without its position"

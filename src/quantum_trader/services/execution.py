@@ -472,6 +472,10 @@ class ExecutionService(Service):
                 if booking is None:
                     continue
                 n += 1
+                # The position a fill makes is committed with the fill, whatever commit comes
+                # next (the one before a send carries no account snapshot).
+                self.journal.record(self._snapshot_of(booking.position, ev.ts,
+                                                      booking.fill.trace_id))
                 if booking.was_open and not booking.position.is_open and \
                         booking.exit_reason in STOP_OUTS:
                     self.stop_outs[ev.symbol] = ev.ts
@@ -482,6 +486,9 @@ class ExecutionService(Service):
             elif isinstance(ev, FundingPayment):
                 if self.engine.on_funding(ev):
                     n += 1
+                    pos = self.portfolio.positions.get(ev.symbol)
+                    if pos is not None:  # its funding total travels with the payment
+                        self.journal.record(self._snapshot_of(pos, ev.ts, ""))
                 self.driver.advance(ev)
             else:
                 order = self.engine.order(ev.client_order_id)
