@@ -283,7 +283,7 @@ def _dump(c: Cluster, state: SimState, report: SoakReport) -> None:
                   "checkpoints", "cursors"):
         try:
             rows = [dict(r) for r in c.query(f"select * from {table}")]
-        except Exception as exc:  # noqa: BLE001 - forensics must not hide the report
+        except Exception as exc:  # forensics must not hide the report
             rows = [{"error": str(exc)}]
         (out / f"{table}.json").write_text(json.dumps(rows, default=str, indent=1))
     rec = state.records()
