@@ -104,7 +104,13 @@ def test_a_store_resumes_only_on_its_own_data_and_fresh_keeps_the_old_account(
     assert same.returncode == 0, same.stderr
     assert any("resumed from checkpoint" in ln and "yes" in ln for ln in same.stdout.splitlines())
 
-    fresh = qt("run", "--data", "sample:BTC", "--max-bars", "300", "--fresh", cwd=tmp_path)
+    unasked = qt("run", "--data", "sample:BTC", "--max-bars", "300", "--fresh", cwd=tmp_path)
+    assert unasked.returncode == 2  # no terminal to ask on: it needs --yes
+    assert "--yes" in unasked.stderr
+    assert db.exists()  # still where it was: nothing set aside
+    assert not (tmp_path / "var" / "backups").exists()
+    fresh = qt("run", "--data", "sample:BTC", "--max-bars", "300", "--fresh", "--yes",
+               cwd=tmp_path)
     assert fresh.returncode == 0, fresh.stderr
     kept = list((tmp_path / "var" / "backups").glob("quantum_trader-*/quantum_trader.db"))
     assert len(kept) == 1  # the XRP account, set aside, not deleted

@@ -56,6 +56,23 @@ ROWS: dict[str, list[tuple[list[str], str]]] = {
         (["--data", "nosuch.csv"], "nosuch.csv"),
         (["--data", "notparquet.parquet"], "notparquet.parquet"),
         (["--fresh", "true"], "true"),
+        (["--yes", "true"], "true"),
+        *CONFIG_ROWS,
+    ],
+    "state": [
+        ([], "no store"),
+        (["--state-dir", "afile"], "afile"),
+        (["--state-dir", "nodir"], "nodir"),
+        (["--json", "true"], "true"),
+        (["extra"], "extra"),
+        *CONFIG_ROWS,
+    ],
+    "state resume": [
+        ([], "no store"),
+        (["--reason", "  "], "--reason"),
+        (["--state-dir", "nodir"], "nodir"),
+        (["--yes", "no"], "no"),
+        (["--keep-peak", "1"], "1"),
         *CONFIG_ROWS,
     ],
     "trades": [

@@ -16,6 +16,7 @@ from quantum_trader.cli import research, services, trading
 from quantum_trader.cli.backup import backup_app, restore
 from quantum_trader.cli.common import ErrorBoundaryGroup, console
 from quantum_trader.cli.exchange import data_app, exchange_app
+from quantum_trader.cli.state import state_app
 from quantum_trader.cli.tokens import token_app
 
 app = typer.Typer(name="quantum-trader", cls=ErrorBoundaryGroup, no_args_is_help=True,
@@ -58,6 +59,7 @@ app.command("restore")(restore)
 app.add_typer(exchange_app, name="exchange-sim")
 app.add_typer(data_app, name="data")
 app.add_typer(token_app, name="token")
+app.add_typer(state_app, name="state")
 
 
 def main() -> None:  # the console script

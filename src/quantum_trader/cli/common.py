@@ -19,7 +19,8 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -127,6 +128,19 @@ def check_writable_file(path: Path, what: str, suffixes: Iterable[str] = ()) -> 
 
 
 # --- progress -------------------------------------------------------------------------------------
+@contextmanager
+def holding_state_dir(state: Path, what_to_do: str) -> Iterator[None]:
+    """Hold the state directory (one run per store) for the block; a second one is told who
+    holds it and ``what_to_do``."""
+    from quantum_trader.runtime.state_lock import StateDirInUse, StateDirLock
+
+    try:
+        with StateDirLock(state):  # only entering can raise StateDirInUse
+            yield
+    except StateDirInUse as exc:
+        raise UserError(f"{exc}: {what_to_do}") from None
+
+
 def progress_bar() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +26,7 @@ from quantum_trader.cli.common import (
     console,
     err,
     fmt_ts,
+    holding_state_dir,
     progress_bar,
     settings,
     state_overrides,
@@ -152,16 +153,9 @@ def _set_aside(db: Path) -> Path | None:
     return dest
 
 
-@contextmanager
-def _one_run(state: Path) -> Iterator[None]:
-    """Hold the state directory for the whole run; a second run is told who holds it."""
-    from quantum_trader.runtime.state_lock import StateDirInUse, StateDirLock
-
-    try:
-        with StateDirLock(state):  # only entering can raise StateDirInUse
-            yield
-    except StateDirInUse as exc:
-        raise UserError(f"{exc}: wait for it to finish, stop it, or use --state-dir") from None
+def _one_run(state: Path) -> AbstractContextManager[None]:
+    """Hold the state directory for the whole run."""
+    return holding_state_dir(state, "wait for it to finish, stop it, or use --state-dir")
 
 
 def run(
@@ -174,7 +168,8 @@ def run(
         help="Bars per second, > 0 (default: as fast as possible)")] = None,
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="Start a new account: the old store is moved to <state_dir>/backups "
-                        "first")] = False,
+                        "first (asks, unless --yes)")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask before --fresh")] = False,
 ) -> None:
     """Paper trading on real historical bars, embedded: one process, in-memory bus, SQLite.
     Re-running on the same data resumes where the last run stopped."""
@@ -199,6 +194,12 @@ def run(
     specs = data or [cfg.data.source]
     series = load_series(specs, None)
     identity = RunIdentity.of(specs, series)
+    if fresh and db is not None and db.exists() and not yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"--fresh sets the account in {db} aside and starts a new one: "
+                            "confirm with --yes")
+        typer.confirm(f"Set the account in {db} aside (kept in backups/) and start a new "
+                      "one?", abort=True)
     with _one_run(state):
         if fresh and db is not None and (moved := _set_aside(db)) is not None:
             err.print(f"previous store moved to {moved}")
@@ -252,8 +253,9 @@ def run(
     console.print(table)
     if summary.trading_state != "ACTIVE":
         err.print(f"[yellow]trading is {summary.trading_state}[/]: the risk gate refuses new "
-                  "entries in this account. Start a new one with --fresh, or see "
-                  "docs/runbook.md, TradingHalted.")
+                  "entries in this account. `quantum-trader state` says why; `quantum-trader "
+                  "state resume` lets it trade again, --fresh starts a new one (docs/runbook.md"
+                  ", TradingHalted).", soft_wrap=True)
 
 
 def trades(
