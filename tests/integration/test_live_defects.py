@@ -531,3 +531,24 @@ async def test_a_fill_and_the_position_it_makes_are_committed_together(
                     after = [e for e in batch[i + 1:] if isinstance(e, PositionSnapshot)
                              and e.symbol == ev.symbol]
                     assert after, f"fill {ev.id} committed without its position"
+
+
+async def test_an_entry_sent_late_is_not_sent_once_the_market_has_moved_away(
+        tmp_path: Path) -> None:
+    """Found by the chaos soak: an entry held or recovered until late in its life went out
+    at a price 4% from the one it was sized at, and the position passed its notional limit.
+    At send time the market must still be within the gate's price band."""
+    async with stack(tmp_path) as st:
+        svc = await st.execution(**{"risk.max_price_deviation": 0.02})
+        await st.next_bar(svc)  # execution knows the last price
+        now, last = st.now(), st.price()
+        for iid, ref in (("moved", round(last / 1.03, 4)), ("near", round(last / 1.01, 4))):
+            await svc.on_approved(approval(OrderIntent(
+                iid, SYM, Side.BUY, 2000.0, OrderType.MARKET, IntentPurpose.ENTRY, now,
+                now + 6 * HOUR, iid, reference_price=ref)))
+        moved = svc.engine.order(client_order_id_for("moved"))
+        assert moved is not None
+        assert moved.status is OrderStatus.EXPIRED
+        assert moved.reason.startswith("the market moved 3.00% since the approval")
+        assert st.state.order_count(client_order_id_for("moved")) == 0
+        assert st.state.order_count(client_order_id_for("near")) == 1

@@ -387,6 +387,10 @@ class ExecutionService(Service):
                 self._held[order.client_order_id] = order
                 self.journal.record(order)
                 return
+            moved = self._moved_since_approval(order)
+            if moved is not None:
+                engine.refuse(order, now, moved, OrderStatus.EXPIRED)
+                return
         self._held.pop(order.client_order_id, None)
         if self.refusal is not None:  # a venue we must not trade on: nothing is sent
             engine.refuse(order, now, self.refusal)
@@ -427,6 +431,25 @@ class ExecutionService(Service):
                     seconds = (time.time_ns() / 1e6 - published) / 1000.0
                     BAR_TO_ORDER_SECONDS.observe(seconds)
                     self.latencies_ms.append(seconds * 1000.0)
+
+    def _moved_since_approval(self, order: Order) -> str | None:
+        """An entry is sized at its approval's price. One that goes out later (held behind
+        an exit, recovered after a restart) is not sent once the market has left the band
+        the risk gate allows, or it would open more (or less) than the limits it was sized
+        for."""
+        if order.purpose is not IntentPurpose.ENTRY or order.reduce_only:
+            return None
+        intent = self.engine.entry_for(order.client_order_id)
+        last = self.last_prices.get(order.symbol)
+        if intent is None or not intent.reference_price or not last:
+            return None
+        limit = self.settings.risk.max_price_deviation
+        dev = abs(last / intent.reference_price - 1.0)
+        if dev <= limit:
+            return None
+        return (f"the market moved {dev:.2%} since the approval (approved at "
+                f"{intent.reference_price:g}, last {last:g}; risk.max_price_deviation "
+                f"{limit:.2%}): not sent")
 
     async def _cancel(self, client_order_id: str, reason: str) -> OrderUpdate | None:
         order = self.engine.order(client_order_id)
