@@ -21,7 +21,7 @@ from quantum_trader.cli.common import (
     settings,
     stdout_json,
 )
-from quantum_trader.cli.trading import load_series
+from quantum_trader.cli.trading import TimeRangeOpt, load_series
 from quantum_trader.config import Settings
 
 models_app = typer.Typer(cls=ErrorBoundaryGroup, no_args_is_help=True,
@@ -66,6 +66,7 @@ def train(
     timeframe: Annotated[str | None, typer.Option(
         help="Timeframe of FILE data (sample data is 30m; refused if the bars are not)")] = None,
     config: ConfigOpt = None,
+    timerange: TimeRangeOpt = None,
     model: ModelOpt = None,
     kind: Annotated[str | None, typer.Option(help="lightgbm (default) or logistic")] = None,
     folds: Annotated[int | None, typer.Option(min=1, help="Walk-forward test folds")] = None,
@@ -89,7 +90,7 @@ def train(
                         "from one series; run it once per symbol")
     spec = data[0] if data else cfg.data.source
     tf = timeframe or (None if data else cfg.data.timeframe)
-    series = load_series([spec], tf)[0]
+    series = load_series([spec], tf, timerange)[0]
     registry = _registry(cfg)
     err.print(f"training [bold]{ai.model_name}[/] ({ai.model.kind}) on {series.symbol} "
               f"{series.timeframe}: {len(series):,} bars → {registry.root}")

@@ -37,13 +37,31 @@ from quantum_trader.config import Settings
 CHART_SUFFIXES = (".png", ".html")
 
 
-def load_series(specs: list[str], timeframe: str | None) -> list[Any]:
-    """The bars of every ``--data``; a symbol we know no exchange filters for is named, since
-    its sizes and prices are then rounded to generic steps."""
+TimeRangeOpt = Annotated[str | None, typer.Option(
+    "--timerange", metavar="START-END",
+    help="Only bars opened in [START, END): 20180101-20180630, 20180101-, -20180630, or "
+         "2018-01-01..2018-06-30T12:00 (UTC)")]
+
+
+def load_series(specs: list[str], timeframe: str | None,
+                timerange: str | None = None) -> list[Any]:
+    """The bars of every ``--data`` (within ``timerange``); a symbol we know no exchange
+    filters for is named, since its sizes and prices are then rounded to generic steps."""
     from quantum_trader.domain.instruments import DEFAULT_INSTRUMENTS, Instrument
     from quantum_trader.marketdata.sample import resolve_source
+    from quantum_trader.marketdata.timerange import parse_timerange
 
+    window = parse_timerange(timerange) if timerange is not None else None
     series = [resolve_source(spec, timeframe=timeframe) for spec in specs]
+    if window is not None:
+        chosen = [window.select(s) for s in series]
+        for spec, s, part in zip(specs, series, chosen, strict=True):
+            if len(part) == 0:
+                have = (f"{fmt_ts(int(s.ts[0]))} to {fmt_ts(int(s.ts[-1]))}" if len(s)
+                        else "no bars")
+                raise UserError(f"--timerange {timerange} selects no bars of {spec} (it "
+                                f"has {have})")
+        series = chosen
     for spec, s in zip(specs, series, strict=True):
         if s.symbol not in DEFAULT_INSTRUMENTS:
             g = Instrument(s.symbol)
@@ -77,6 +95,7 @@ def backtest(
     timeframe: Annotated[str | None, typer.Option(
         help="Timeframe of FILE data (inferred if omitted; refused if the bars are not)")] = None,
     config: ConfigOpt = None,
+    timerange: TimeRangeOpt = None,
     chart: Annotated[Path | None, typer.Option(
         help="Equity/drawdown chart (.png or .html); default reports/backtest-<data>.png")
     ] = None,
@@ -93,7 +112,7 @@ def backtest(
         check_writable_file(chart, "--chart", CHART_SUFFIXES)
     else:
         check_writable_dir(cfg.paths.reports_dir, "reports directory (paths.reports_dir)")
-    series = load_series(data or [cfg.data.source], timeframe)
+    series = load_series(data or [cfg.data.source], timeframe, timerange)
     name = "-".join(s.symbol for s in series)
     chart_path = chart or cfg.paths.reports_dir / f"backtest-{name}.png"
     total = sum(len(s) for s in series)
