@@ -164,6 +164,23 @@ class StrategySection(_Section):
 class DataSection(_Section):
     source: str = "sample:XRP"
     timeframe: str = "30m"
+    # A static pair list: each symbol's bars from <dir>/<SYMBOL>-<timeframe>.{parquet,csv,
+    # feather} (where `data download` writes them), else the shipped sample of its asset.
+    # Used instead of `source` when set; --data on the command line overrides both.
+    symbols: tuple[str, ...] = ()
+    dir: Path = Path("data")
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbol_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(s.strip().upper().replace("/", "").replace(":USDT", "") for s in v)
+        bad = [s for s in names if not s.isalnum()]
+        if bad:
+            raise ValueError(f"not a symbol: {', '.join(bad)} (write them as BTCUSDT)")
+        repeated = sorted({s for s in names if names.count(s) > 1})
+        if repeated:
+            raise ValueError(f"listed more than once: {', '.join(repeated)}")
+        return names
 
     @field_validator("timeframe")
     @classmethod

@@ -21,7 +21,7 @@ from quantum_trader.cli.common import (
     settings,
     stdout_json,
 )
-from quantum_trader.cli.trading import TimeRangeOpt, load_series
+from quantum_trader.cli.trading import TimeRangeOpt, configured_specs, load_series
 from quantum_trader.config import Settings
 
 models_app = typer.Typer(cls=ErrorBoundaryGroup, no_args_is_help=True,
@@ -88,7 +88,12 @@ def train(
         # Repeating the option used to keep only the last one, silently.
         raise UserError(f"--data given {len(data)} times ({', '.join(data)}): train learns "
                         "from one series; run it once per symbol")
-    spec = data[0] if data else cfg.data.source
+    configured = configured_specs(cfg) if not data else []
+    if len(configured) > 1:
+        raise UserError(f"data.symbols lists {len(configured)} symbols "
+                        f"({', '.join(cfg.data.symbols)}): train learns from one series; "
+                        "pick one with --data")
+    spec = data[0] if data else configured[0]
     tf = timeframe or (None if data else cfg.data.timeframe)
     series = load_series([spec], tf, timerange)[0]
     registry = _registry(cfg)

@@ -72,6 +72,16 @@ def load_series(specs: list[str], timeframe: str | None,
     return series
 
 
+def configured_specs(cfg: Settings) -> list[str]:
+    """What to trade when no --data is given: the pair list ``data.symbols``, else
+    ``data.source``."""
+    from quantum_trader.marketdata.sample import specs_for_symbols
+
+    if cfg.data.symbols:
+        return specs_for_symbols(cfg.data.symbols, cfg.data.dir, cfg.data.timeframe)
+    return [cfg.data.source]
+
+
 def signal_source(cfg: Settings, quiet: bool = False) -> Any:
     """The configured signal source; says which on stderr."""
     from quantum_trader.ai.production import choose_signal_source
@@ -112,7 +122,7 @@ def backtest(
         check_writable_file(chart, "--chart", CHART_SUFFIXES)
     else:
         check_writable_dir(cfg.paths.reports_dir, "reports directory (paths.reports_dir)")
-    series = load_series(data or [cfg.data.source], timeframe, timerange)
+    series = load_series(data or configured_specs(cfg), timeframe, timerange)
     name = "-".join(s.symbol for s in series)
     chart_path = chart or cfg.paths.reports_dir / f"backtest-{name}.png"
     total = sum(len(s) for s in series)
@@ -210,7 +220,7 @@ def run(
     if fresh and db is None:
         raise UserError("--fresh resets only the embedded SQLite store; this config uses "
                         "store.url (drop that database yourself, or unset store.url)")
-    specs = data or [cfg.data.source]
+    specs = data or configured_specs(cfg)
     series = load_series(specs, None)
     identity = RunIdentity.of(specs, series)
     if fresh and db is not None and db.exists() and not yes:

@@ -96,6 +96,25 @@ def resolve_source(spec: str, symbol: str | None = None,
     return series
 
 
+def specs_for_symbols(symbols: tuple[str, ...], directory: Path, timeframe: str) -> list[str]:
+    """The source spec of each symbol of a pair list: its file in ``directory``
+    (``<SYMBOL>-<timeframe>.parquet|csv|feather``), else the shipped sample of its asset."""
+    specs = []
+    for sym in symbols:
+        files = [directory / f"{sym}-{timeframe}.{ext}" for ext in ("parquet", "csv", "feather")]
+        found = next((f for f in files if f.is_file()), None)
+        base = sym[:-4] if sym.endswith("USDT") else sym
+        if found is not None:
+            specs.append(f"{found}@{sym}")
+        elif base in SAMPLE_ASSETS and timeframe == SAMPLE_TIMEFRAME:
+            specs.append(f"{SAMPLE_PREFIX}{base}")
+        else:
+            raise DataError(f"data.symbols: no bars for {sym}: {files[0]} does not exist "
+                            f"(`quantum-trader data download --symbol {sym} --timeframe "
+                            f"{timeframe}` writes it)", path=str(files[0]))
+    return specs
+
+
 def _asset(asset: str) -> str:
     name = asset.strip().upper()
     if name.endswith("USDT") and name[:-4] in SAMPLE_ASSETS:
