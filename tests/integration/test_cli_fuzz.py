@@ -194,6 +194,14 @@ ROWS: dict[str, list[tuple[list[str], str]]] = {
         (["--symbol", "XRPUSDT", "--out", "notparquet.parquet"], "notparquet.parquet"),
         (["--symbol", "XRPUSDT", "--out", "afile/x.parquet"], "afile"),
     ],
+    "data pairs": [
+        (["--top", "0"], "--top"),
+        (["--min-volume", "-1"], "--min-volume"),
+        (["--mode", "paper"], "paper"),
+        (["--quote", "US-DT"], "US-DT"),
+        (["--json", "x"], "x"),
+        (["extra"], "extra"),
+    ],
     "token create": [
         ([], "--name"),
         (["--name", "ci"], "--scope"),

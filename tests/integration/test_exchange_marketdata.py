@@ -137,3 +137,39 @@ def test_data_download_cli_against_the_simulator(tmp_path: Path) -> None:
     series = load_file(out)
     assert len(series) > 100
     assert series.ts[-1] < 1_508_457_600_000
+
+
+def test_pairs_ranks_the_venues_symbols_by_24h_quote_volume() -> None:
+    """`data pairs` through real ccxt against the simulator's /fapi/v1/ticker/24hr: ranked by
+    quote volume as the venue computes it over its last 24 hours."""
+    import json
+
+    cfg = SimServerConfig(series=load_series(["sample:XRP", "sample:BTC", "sample:LTC"]),
+                          bar_seconds=0, start_bar=2000)
+    state = SimState(cfg)
+    srv = SimServer(state).start()
+    try:
+        res = CliRunner().invoke(data_app, ["pairs", "--top", "2", "--base-url", srv.url,
+                                            "--json"])
+        assert res.exit_code == 0, res.output
+        ranked = json.loads(res.stdout)
+        expected = []
+        for sym in ("XRPUSDT", "BTCUSDT", "LTCUSDT"):
+            bars = state.closed_bars(sym)
+            day = bars.ts >= bars.ts[-1] + TF_MS - 86_400_000
+            expected.append((float((bars.volume[day] * bars.close[day]).sum()), sym))
+        top2 = [s for _v, s in sorted(expected, reverse=True)[:2]]
+        assert [r["symbol"] for r in ranked] == top2
+        assert ranked[0]["quote_volume"] == pytest.approx(max(expected)[0], rel=1e-6)
+        assert [r["rank"] for r in ranked] == [1, 2]
+        table = CliRunner().invoke(data_app, ["pairs", "--top", "3", "--exclude", top2[0],
+                                              "--base-url", srv.url], env={"COLUMNS": "120"})
+        assert table.exit_code == 0, table.output
+        assert top2[0] not in table.stdout.split("exchange.symbols:")[0]
+        assert "exchange.symbols: [" in table.stdout
+        bad = CliRunner().invoke(data_app, ["pairs", "--exclude", "NOPEUSDT", "--base-url",
+                                            srv.url])
+        assert bad.exit_code == 2
+        assert bad.stderr.strip() == "error: --exclude NOPEUSDT: not a symbol on this venue"
+    finally:
+        srv.stop()

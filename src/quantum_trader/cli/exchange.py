@@ -6,7 +6,7 @@ import asyncio
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -102,7 +102,7 @@ def _parse_date(value: str, name: str) -> int:
 
 @data_app.callback()
 def data() -> None:
-    """Market data: download klines."""
+    """Market data: download klines; rank the venue's pairs by volume."""
 
 
 @data_app.command("download")
@@ -159,6 +159,72 @@ def download(
                       "the file")
 
     asyncio.run(run())
+
+
+@data_app.command("pairs")
+def pairs(
+    top: Annotated[int, typer.Option(min=1, help="How many symbols")] = 10,
+    quote: Annotated[str, typer.Option(help="Quote asset of the perpetuals")] = "USDT",
+    min_volume: Annotated[float, typer.Option(
+        min=0, help="Least 24 h quote volume (e.g. 5e7 for 50M USDT)")] = 0.0,
+    exclude: Annotated[list[str] | None, typer.Option(
+        help="A symbol to leave out; repeat for more")] = None,
+    mode: Annotated[str, typer.Option(help="live | demo | testnet")] = "live",
+    base_url: Annotated[str | None, typer.Option(
+        help="another Binance-compatible endpoint, e.g. the simulator")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+        = False,
+) -> None:
+    """The venue's most traded perpetuals now (24 h quote volume): a volume-ranked pair list
+    for exchange.symbols / data.symbols."""
+    import json
+
+    from quantum_trader.analytics.tables import FitColumn, FittedTable
+    from quantum_trader.cli.common import stdout_json
+    from quantum_trader.exchange.ccxt_binance import BinanceSettings, CcxtBinanceExchange, Mode
+    from quantum_trader.marketdata.pairlist import rank_by_volume
+
+    if mode not in ("live", "demo", "testnet"):
+        raise UserError(f"--mode {mode!r}: use live, demo or testnet")
+    quote = quote.strip().upper()
+    if not quote.isalnum():
+        raise UserError(f"--quote {quote!r}: an asset name, like USDT")
+    left_out = [x.strip().upper() for x in exclude or []]
+
+    async def run() -> list[Any]:
+        venue = CcxtBinanceExchange(BinanceSettings(mode=cast(Mode, mode), base_url=base_url))
+        try:
+            await venue.connect()
+            unknown = [x for x in left_out if x not in venue.instruments]
+            if unknown:
+                raise UserError(f"--exclude {', '.join(unknown)}: not a symbol on this venue")
+            return rank_by_volume(await venue.tickers_24h(), venue.instruments, top, quote,
+                                  min_volume, left_out)
+        finally:
+            await venue.close()
+
+    ranked = asyncio.run(run())
+    if as_json:
+        stdout_json(json.dumps([{"rank": p.rank, "symbol": p.ticker.symbol,
+                                 "quote_volume": p.ticker.quote_volume,
+                                 "last_price": p.ticker.last_price,
+                                 "change_pct": p.ticker.change_pct,
+                                 "trades": p.ticker.trades} for p in ranked], indent=2))
+        return
+    table = FittedTable([FitColumn("#", "right"), FitColumn("symbol"),
+                         FitColumn(f"24h volume ({quote})", "right"),
+                         FitColumn("last", "right"), FitColumn("24h change", "right"),
+                         FitColumn("trades", "right")],
+                        title=f"Top {len(ranked)} by 24 h volume")
+    for p in ranked:
+        t = p.ticker
+        table.add_row(str(p.rank), t.symbol, f"{t.quote_volume:,.0f}", f"{t.last_price:.6g}",
+                      f"{t.change_pct:+.2f}%", f"{t.trades:,}")
+    console.print(table)
+    if ranked:
+        console.print("exchange.symbols: [" + ", ".join(p.ticker.symbol for p in ranked) + "]")
+    else:
+        console.print(f"no {quote} perpetual traded {min_volume:,.0f} {quote} in 24 h")
 
 
 def _check_resumable(target: Path, symbol: str, timeframe: str) -> None:

@@ -133,6 +133,18 @@ class VenueAccount:
         return next((p.qty for p in self.positions if p.symbol == symbol), 0.0)
 
 
+@dataclass(slots=True, frozen=True)
+class Ticker24h:
+    """A symbol's rolling 24-hour market statistics (what pair lists rank by)."""
+
+    symbol: str
+    last_price: float
+    volume: float  # base asset
+    quote_volume: float  # quote asset (USDT): the liquidity measure
+    change_pct: float
+    trades: int
+
+
 #: Binance error codes that matter to execution.
 WOULD_TRIGGER_IMMEDIATELY = -2021
 REDUCE_ONLY_REJECTED = -2022
@@ -153,6 +165,7 @@ __all__ = [
     "OrderOrigin",
     "OrderRequest",
     "OrderUpdate",
+    "Ticker24h",
     "VenueAccount",
     "VenueEvent",
     "VenuePosition",

@@ -38,6 +38,7 @@ from quantum_trader.domain.venue import (
     NO_NEED_TO_CHANGE_MARGIN,
     OrderRequest,
     OrderUpdate,
+    Ticker24h,
     VenueAccount,
     VenuePosition,
     VenueTrade,
@@ -683,6 +684,13 @@ class CcxtBinanceExchange:
             if len(rows) < limit:
                 return out
             start = int(rows[-1]["time"])
+
+    async def tickers_24h(self) -> list[Ticker24h]:
+        """Every symbol's rolling 24-hour statistics (one request, weight 40)."""
+        rows = await self._x.fapiPublicGetTicker24hr()
+        return [Ticker24h(str(r["symbol"]), float(r["lastPrice"]), float(r["volume"]),
+                          float(r["quoteVolume"]), float(r["priceChangePercent"]),
+                          int(r["count"])) for r in rows]
 
     async def bars(self, symbol: str, timeframe: str, since: int | None = None,
                    limit: int = 500) -> list[Bar]:

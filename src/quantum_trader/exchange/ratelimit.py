@@ -144,7 +144,7 @@ def binance_weight(path: str, params: dict[str, str]) -> int:
     if tail == "klines":
         limit = int(params.get("limit", "500") or 500)
         return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
-    if tail in ("openOrders", "openAlgoOrders", "premiumIndex"):
+    if tail in ("openOrders", "openAlgoOrders", "premiumIndex", "24hr"):
         return 1 if "symbol" in params else 40
     if tail in ("account", "balance", "positionRisk", "userTrades"):
         return 5

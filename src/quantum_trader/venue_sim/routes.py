@@ -121,6 +121,27 @@ def build_api(st: SimState) -> FastAPI:
         rows = st.klines(sym, opt_int(p, "startTime"), opt_int(p, "endTime"), limit)
         return [kline_row(k) for k in rows]
 
+    def ticker(sym: str) -> dict[str, Any]:
+        d = st.stats_24h(sym)
+        change = float(d["last"]) - float(d["open"])
+        return {"symbol": sym, "priceChange": fmt(change),
+                "priceChangePercent": f"{100 * change / float(d['open']):.3f}"
+                if d["open"] else "0.000",
+                "weightedAvgPrice": fmt(float(d["quote_volume"]) / float(d["volume"]))
+                if d["volume"] else fmt(float(d["last"])),
+                "lastPrice": fmt(float(d["last"])), "lastQty": "0",
+                "openPrice": fmt(float(d["open"])), "highPrice": fmt(float(d["high"])),
+                "lowPrice": fmt(float(d["low"])), "volume": fmt(float(d["volume"])),
+                "quoteVolume": fmt(float(d["quote_volume"])), "openTime": d["open_time"],
+                "closeTime": d["close_time"], "firstId": 0, "lastId": 0, "count": d["count"]}
+
+    @app.get("/fapi/v1/ticker/24hr")
+    async def ticker_24hr(request: Request) -> Any:
+        p = await params(request, signed=False)
+        if p.get("symbol"):
+            return ticker(symbol(p))
+        return [ticker(s) for s in st.series]
+
     def premium(sym: str) -> dict[str, Any]:
         mark = st.price_now(sym) or 0.0
         iv = st.config.exchange.funding_interval_ms

@@ -418,6 +418,25 @@ class SimState:
         with self.lock:
             return self._price(symbol, self.sync())
 
+    def stats_24h(self, symbol: str) -> dict[str, float | int]:
+        """/fapi/v1/ticker/24hr's rolling window over the closed bars of the last 24 hours of
+        sim time (volume in the base asset, quote volume as volume x close per bar)."""
+        with self.lock:
+            now = self.sync()
+            s = self.series[symbol]
+            n = self._fed[symbol]
+            lo = int(np.searchsorted(s.ts[:n], now - 86_400_000, side="left"))
+            if n == 0 or lo >= n:
+                return {"open": 0.0, "high": 0.0, "low": 0.0, "last": 0.0, "volume": 0.0,
+                        "quote_volume": 0.0, "open_time": now - 86_400_000,
+                        "close_time": now, "count": 0}
+            sl = slice(lo, n)
+            return {"open": float(s.open[lo]), "high": float(s.high[sl].max()),
+                    "low": float(s.low[sl].min()), "last": float(s.close[n - 1]),
+                    "volume": float(s.volume[sl].sum()),
+                    "quote_volume": float((s.volume[sl] * s.close[sl]).sum()),
+                    "open_time": int(s.ts[lo]), "close_time": now, "count": n - lo}
+
     def klines(self, symbol: str, start: int | None = None, end: int | None = None,
                limit: int = 500) -> list[Kline]:
         """Closed klines by open time, as /fapi/v1/klines pages them (from ``start`` on, or the
