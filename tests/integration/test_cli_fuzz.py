@@ -96,7 +96,7 @@ ROWS: dict[str, list[tuple[list[str], str]]] = {
         (["--data", "sample:XRP", "--timeframe", "1h"], "1h"),
         (["--data", "bars.csv", "--timeframe", "5m"], "5m"),
         (["--config", "registry-file.yaml"], "afile"),
-        (["--data", "sample:XRP", "--data", "sample:BTC"], "sample:BTC"),
+        (["--data", "sample:XRP", "--data", "sample:XRP"], "XRPUSDT"),
         (["--timerange", "x-y"], "--timerange"),
         (["--timerange", "-20000101"], "-20000101"),
         *CONFIG_ROWS,

@@ -137,7 +137,7 @@ def test_gate_refuses_a_shuffled_label_model(bars: BarSeries, tmp_path: Path) ->
     y_shuffled = y.copy()
     y_shuffled[known] = np.random.default_rng(7).permutation(y[known])
     ai = AISettings.model_validate({**FAST_AI.model_dump(), "backtest_folds": True})
-    wf = walk_forward(bars, X, valid, y_shuffled, Settings(), ai)
+    wf = walk_forward([bars], [X], [valid], [y_shuffled], Settings(), ai)
     reg = ModelRegistry(tmp_path)
     v = register_quick(reg, bars.slice(0, 1500), metrics=wf.to_dict(), shuffle=True)
     with pytest.raises(PromotionRefused) as exc:

@@ -1,7 +1,8 @@
 """Training entry point: walk-forward evaluation, leakage checks, final fit, registry artifact.
 
 ``train(series, settings, ai_settings, registry)`` is deterministic: the same bars, settings and
-seed give the same model file and the same ``manifest_hash``.
+seed give the same model file and the same ``manifest_hash``. Several series are pooled into one
+model (see ``train``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import hashlib
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -253,41 +254,79 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:+.2f}%"
 
 
-def train(series: BarSeries, settings: Settings, ai: AISettings, registry: ModelRegistry,
-          progress: Progress | None = None) -> TrainingReport:
-    """Walk-forward evaluate, check for leakage, fit on all data, and register the artifact."""
+def pooled_leakage_checks(series: Sequence[BarSeries], ai: AISettings, taker_fee: float,
+                          progress: Progress | None = None) -> dict[str, Any]:
+    """``leakage_checks`` on every series of a pool; a check passes when it passes on each."""
+    if len(series) == 1:
+        return leakage_checks(series[0], ai, taker_fee, progress)
+    each = {s.symbol: leakage_checks(s, ai, taker_fee, progress) for s in series}
+    checks: dict[str, dict[str, Any]] = {}
+    for name in next(iter(each.values()))["checks"]:
+        parts = {sym: r["checks"][name] for sym, r in each.items()}
+        details = [f"{sym}: {c.get('detail') or ('pass' if c['passed'] else 'FAIL')}"
+                   for sym, c in parts.items()]
+        checks[name] = {"passed": all(c["passed"] for c in parts.values()),
+                        "detail": "; ".join(details), "per_symbol": parts}
+    return {"passed": all(c["passed"] for c in checks.values()), "checks": checks}
+
+
+def train(series: BarSeries | Sequence[BarSeries], settings: Settings, ai: AISettings,
+          registry: ModelRegistry, progress: Progress | None = None) -> TrainingReport:
+    """Walk-forward evaluate, check for leakage, fit on all data, and register the artifact.
+
+    Several series of one timeframe are pooled: one model learns from all their rows (the
+    features are scale-free), evaluated fold by fold on one calendar and backtested as one
+    portfolio; it then trades any of those symbols."""
+    pool = [series] if isinstance(series, BarSeries) else list(series)
+    if not pool:
+        raise ValueError("train needs at least one series")
+    if len({s.timeframe for s in pool}) > 1 or len({s.symbol for s in pool}) < len(pool):
+        raise ValueError("a pool is one timeframe and each symbol once, got "
+                         f"{', '.join(f'{s.symbol} {s.timeframe}' for s in pool)}")
     t0 = time.perf_counter()
     fee = settings.exchange.taker_fee
     spec, h = ai.features, ai.labels.horizon
     if progress:
-        progress(f"features for {len(series)} bars")
-    X, valid = compute_features(series, spec)
-    y = make_labels(series, h, fee, ai.labels.margin, ai.labels.mode)
+        progress(f"features for {sum(len(s) for s in pool)} bars")
+    feats = [compute_features(s, spec) for s in pool]
+    X = [f[0] for f in feats]
+    valid = [f[1] for f in feats]
+    y = [make_labels(s, h, fee, ai.labels.margin, ai.labels.mode) for s in pool]
     if progress:
         progress("walk-forward")
-    wf = walk_forward(series, X, valid, y, settings, ai, progress)
+    wf = walk_forward(pool, X, valid, y, settings, ai, progress)
     if progress:
         progress("leakage checks")
-    leakage = leakage_checks(series, ai, fee, progress)
+    leakage = pooled_leakage_checks(pool, ai, fee, progress)
     if progress:
         progress("final fit on all data")
-    usable = np.flatnonzero(valid & ~np.isnan(y))
+    usable = [np.flatnonzero(v & ~np.isnan(t)) for v, t in zip(valid, y, strict=True)]
+    y_fit = np.concatenate([t[u] for t, u in zip(y, usable, strict=True)])
     model = make_model(ai.model, ai.seed, spec.names)
-    model.fit(X[usable], y[usable])
+    model.fit(np.concatenate([x[u] for x, u in zip(X, usable, strict=True)]), y_fit)
+    held = [(s, u) for s, u in zip(pool, usable, strict=True) if len(u)]
+    window = {"first_ts": min(int(s.ts[u[0]]) for s, u in held),
+              "last_ts": max(int(s.ts[u[-1]]) for s, u in held),
+              "bars": sum(len(s) for s in pool), "rows": len(y_fit)}
+    data: dict[str, Any] = {"symbol": pool[0].symbol, "timeframe": pool[0].timeframe,
+                            "fingerprint": data_fingerprint(pool[0])}
+    if len(pool) > 1:
+        prints = [data_fingerprint(s) for s in pool]
+        data = {"symbol": ",".join(s.symbol for s in pool), "symbols": [s.symbol for s in pool],
+                "timeframe": pool[0].timeframe, "pooled": True,
+                "fingerprint": hashlib.sha256("|".join(prints).encode()).hexdigest(),
+                "fingerprints": dict(zip([s.symbol for s in pool], prints, strict=True))}
     manifest: dict[str, Any] = {
         "features": {"names": spec.names, "params": spec.model_dump(mode="json")},
         "labels": {**ai.labels.model_dump(mode="json"), "taker_fee": fee,
                    "threshold_log_return": cost_threshold(fee, ai.labels.margin),
-                   "positive_rate": float(np.mean(y[usable])) if len(usable) else None},
+                   "positive_rate": float(np.mean(y_fit)) if len(y_fit) else None},
         "model_params": ai.model.model_dump(mode="json"),
         "signals": ai.signals.model_dump(mode="json"),
         "walkforward_settings": ai.walkforward.model_dump(mode="json"),
         "seed": ai.seed,
-        "training_window": {"first_ts": int(series.ts[usable[0]]),
-                            "last_ts": int(series.ts[usable[-1]]),
-                            "bars": len(series), "rows": len(usable)},
-        "data": {"symbol": series.symbol, "timeframe": series.timeframe,
-                 "fingerprint": data_fingerprint(series)},
+        "training_window": window,
+        "data": data,
         "metrics": wf.to_dict(),
         "leakage": leakage,
         "library_versions": library_versions(),

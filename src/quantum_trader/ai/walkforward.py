@@ -13,7 +13,7 @@ on the bars before it (all of them when ``expanding``; the last ``train_bars`` w
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,14 +42,18 @@ class Split:
     test_end: int  # exclusive
 
 
-def make_splits(n: int, folds: int, min_train: int, horizon: int, embargo: int,
-                mode: str = "expanding", train_bars: int | None = None) -> list[Split]:
+def fold_edges(n: int, folds: int, min_train: int) -> IntArray:
+    """Where each test fold starts (and, last, where the data ends), in bars."""
     if n - min_train < folds:
         raise ValueError(f"{n} bars are too few for {folds} folds after {min_train} "
                          f"training bars")
-    edges = np.linspace(min_train, n, folds + 1).astype(np.int64)
+    return np.linspace(min_train, n, folds + 1).astype(np.int64)
+
+
+def splits_from_edges(edges: IntArray, horizon: int, embargo: int, mode: str = "expanding",
+                      train_bars: int | None = None) -> list[Split]:
     out = []
-    for k in range(folds):
+    for k in range(len(edges) - 1):
         s, e = int(edges[k]), int(edges[k + 1])
         lo = 0 if mode == "expanding" else max(0, s - int(train_bars or s))
         idx = np.arange(lo, s, dtype=np.int64)
@@ -59,6 +63,26 @@ def make_splits(n: int, folds: int, min_train: int, horizon: int, embargo: int,
             keep &= ~((idx >= ej) & (idx < ej + embargo))
         out.append(Split(k, idx[keep], s, e))
     return out
+
+
+def make_splits(n: int, folds: int, min_train: int, horizon: int, embargo: int,
+                mode: str = "expanding", train_bars: int | None = None) -> list[Split]:
+    return splits_from_edges(fold_edges(n, folds, min_train), horizon, embargo, mode,
+                             train_bars)
+
+
+def pooled_splits(timelines: Sequence[IntArray], folds: int, min_train: int, horizon: int,
+                  embargo: int, mode: str = "expanding",
+                  train_bars: int | None = None) -> list[list[Split]]:
+    """Per series, its splits on one shared calendar: the fold edges are cut on the union of
+    the series' bar times, so test fold k is the same period in every series (a model pooled
+    over symbols never trains on one symbol's bars from a period it is tested on in another).
+    Purge and embargo then apply within each series. One series: ``make_splits``."""
+    grid = timelines[0] if len(timelines) == 1 else np.unique(np.concatenate(timelines))
+    edges = fold_edges(len(grid), folds, min_train)
+    cuts = np.append(grid[edges[:-1]], grid[-1] + 1)  # the bar time each fold starts at
+    return [splits_from_edges(np.searchsorted(ts, cuts, side="left").astype(np.int64),
+                              horizon, embargo, mode, train_bars) for ts in timelines]
 
 
 def classification_metrics(y: FloatArray, p: FloatArray) -> dict[str, float]:
@@ -131,63 +155,84 @@ class WalkForwardResult:
         }
 
 
-def walk_forward(series: BarSeries, X: FloatArray, valid: npt.NDArray[np.bool_], y: FloatArray,
+def walk_forward(series: Sequence[BarSeries], X: Sequence[FloatArray],
+                 valid: Sequence[npt.NDArray[np.bool_]], y: Sequence[FloatArray],
                  settings: Settings, ai: AISettings,
                  progress: Progress | None = None) -> WalkForwardResult:
+    """Out-of-sample evaluation of one model over ``series`` (one symbol, or several pooled:
+    their rows trained on together, tested fold by fold on one calendar, backtested as one
+    portfolio). ``X``, ``valid`` and ``y`` are per series."""
     wf = ai.walkforward
-    splits = make_splits(len(series), wf.folds, wf.min_train_bars, ai.labels.horizon,
-                         wf.embargo_bars, wf.mode, wf.train_bars)
-    usable = valid & ~np.isnan(y)
+    splits = pooled_splits([s.ts for s in series], wf.folds, wf.min_train_bars,
+                           ai.labels.horizon, wf.embargo_bars, wf.mode, wf.train_bars)
+    usable = [v & ~np.isnan(t) for v, t in zip(valid, y, strict=True)]
     names = ai.features.names
     rng = np.random.default_rng(ai.seed)
     folds: list[FoldResult] = []
     oos_idx: list[IntArray] = []
+    oos_y: list[FloatArray] = []
     oos_p: list[FloatArray] = []
     oos_ps: list[FloatArray] = []
-    for sp in splits:
+    for k in range(wf.folds):
+        sps = [per_series[k] for per_series in splits]
         if progress:
-            progress(f"fold {sp.fold + 1}/{len(splits)}: training")
-        tr = sp.train[usable[sp.train]]
-        te = np.arange(sp.test_start, sp.test_end, dtype=np.int64)
-        te = te[valid[te]]
+            progress(f"fold {k + 1}/{wf.folds}: training")
+        trs = [sp.train[u[sp.train]] for sp, u in zip(sps, usable, strict=True)]
+        tes = [np.arange(sp.test_start, sp.test_end, dtype=np.int64) for sp in sps]
+        tes = [te[v[te]] for te, v in zip(tes, valid, strict=True)]
+        X_tr = np.concatenate([x[tr] for x, tr in zip(X, trs, strict=True)])
+        y_tr = np.concatenate([t[tr] for t, tr in zip(y, trs, strict=True)])
+        X_te = np.concatenate([x[te] for x, te in zip(X, tes, strict=True)])
+        y_te = np.concatenate([t[te] for t, te in zip(y, tes, strict=True)])
         model = make_model(ai.model, ai.seed, names)
-        model.fit(X[tr], y[tr])
+        model.fit(X_tr, y_tr)
         shuffled = make_model(ai.model, ai.seed, names)
-        shuffled.fit(X[tr], rng.permutation(y[tr]))
-        p = model.predict_proba(X[te])
-        ps = shuffled.predict_proba(X[te])
-        oos_idx.append(te)
+        shuffled.fit(X_tr, rng.permutation(y_tr))
+        p = model.predict_proba(X_te)
+        ps = shuffled.predict_proba(X_te)
+        oos_idx.extend(tes)
+        oos_y.append(y_te)
         oos_p.append(p)
         oos_ps.append(ps)
+        trained = [(s, tr) for s, tr in zip(series, trs, strict=True) if len(tr)]
+        tested = [(s, sp) for s, sp in zip(series, sps, strict=True)
+                  if sp.test_end > sp.test_start]
         fr = FoldResult(
-            sp.fold, len(tr), len(te), int(series.ts[tr[0]]), int(series.ts[tr[-1]]),
-            int(series.ts[sp.test_start]), int(series.ts[sp.test_end - 1]),
-            {"model": classification_metrics(y[te], p),
-             "shuffled": classification_metrics(y[te], ps)})
+            k, len(y_tr), len(y_te), min(int(s.ts[tr[0]]) for s, tr in trained),
+            max(int(s.ts[tr[-1]]) for s, tr in trained),
+            min(int(s.ts[sp.test_start]) for s, sp in tested),
+            max(int(s.ts[sp.test_end - 1]) for s, sp in tested),
+            {"model": classification_metrics(y_te, p),
+             "shuffled": classification_metrics(y_te, ps)})
         if ai.backtest_folds:
             if progress:
-                progress(f"fold {sp.fold + 1}/{len(splits)}: backtests")
-            fold_bars = series.slice(sp.test_start, sp.test_end)
-            warm = series.slice(max(0, sp.test_start - 10 * ai.features.warmup), sp.test_start)
+                progress(f"fold {k + 1}/{wf.folds}: backtests")
+            fold_bars = [s.slice(sp.test_start, sp.test_end) for s, sp in tested]
+            warm = [s.slice(max(0, sp.test_start - 10 * ai.features.warmup), sp.test_start)
+                    for s, sp in tested]
             for label, m in (("model", model), ("shuffled", shuffled)):
                 art = ModelArtifact(m, ai.features, ai.signals, ai.model_name,
-                                    f"{label}-fold{sp.fold}", ai.labels.horizon)
+                                    f"{label}-fold{k}", ai.labels.horizon)
                 fr.curves[label] = model_backtest(fold_bars, warm, art, settings)
             fr.curves["rule_based"] = rule_based_backtest(fold_bars, settings)
             fr.curves["buy_and_hold"] = buy_and_hold(fold_bars, settings.exchange.taker_fee)
-            fr.curves["flat"] = Curve(fold_bars.ts + _tf(fold_bars), np.ones(len(fold_bars)))
-            fr.backtests = {k: summarize(c, series.timeframe) for k, c in fr.curves.items()}
+            ts = fold_bars[0].ts if len(fold_bars) == 1 else \
+                np.unique(np.concatenate([b.ts for b in fold_bars]))
+            fr.curves["flat"] = Curve(ts + _tf(fold_bars[0]), np.ones(len(ts)))
+            fr.backtests = {key: summarize(c, series[0].timeframe)
+                            for key, c in fr.curves.items()}
         folds.append(fr)
     idx = np.concatenate(oos_idx)
     p_all = np.concatenate(oos_p)
-    overall = {"model": classification_metrics(y[idx], p_all),
-               "shuffled": classification_metrics(y[idx], np.concatenate(oos_ps))}
+    y_all = np.concatenate(oos_y)
+    overall = {"model": classification_metrics(y_all, p_all),
+               "shuffled": classification_metrics(y_all, np.concatenate(oos_ps))}
     curves: dict[str, Curve] = {}
     backtests: dict[str, BacktestSummary] = {}
     if ai.backtest_folds:
         for key in ("model", *BASELINES):
             curves[key] = chain([f.curves[key] for f in folds])
-            backtests[key] = summarize(curves[key], series.timeframe)
+            backtests[key] = summarize(curves[key], series[0].timeframe)
     return WalkForwardResult(folds, overall, backtests, curves, idx, p_all)
 
 
@@ -197,27 +242,44 @@ def _tf(series: BarSeries) -> int:
     return timeframe_ms(series.timeframe)
 
 
-def model_backtest(bars: BarSeries, warm: BarSeries, artifact: ModelArtifact,
-                   settings: Settings) -> Curve:
+def model_backtest(bars: Sequence[BarSeries], warm: Sequence[BarSeries],
+                   artifact: ModelArtifact, settings: Settings) -> Curve:
+    """The model trading ``bars`` (one account over all of them) after warming up on
+    ``warm``."""
     from quantum_trader.runtime.backtest import run_backtest
 
     src = ModelSignalSource(artifact)
-    src.warm_up(list(warm))
-    res = run_backtest([bars], settings, src)
+    for w in warm:
+        src.warm_up(list(w))
+    res = run_backtest(list(bars), settings, src)
     return Curve(res.equity_ts, res.equity / settings.initial_balance, len(res.trades),
                  float(res.report.fees_paid) / settings.initial_balance)
 
 
-def rule_based_backtest(bars: BarSeries, settings: Settings) -> Curve:
+def rule_based_backtest(bars: Sequence[BarSeries], settings: Settings) -> Curve:
     from quantum_trader.runtime.backtest import run_backtest
 
-    res = run_backtest([bars], settings, None)  # None: the configured rule-based strategy
+    res = run_backtest(list(bars), settings, None)  # None: the configured rule-based strategy
     return Curve(res.equity_ts, res.equity / settings.initial_balance, len(res.trades),
                  float(res.report.fees_paid) / settings.initial_balance)
 
 
-def buy_and_hold(bars: BarSeries, taker_fee: float) -> Curve:
-    """All-in long at the first bar's close, taker fee in and out, marked at each close."""
+def buy_and_hold(bars: Sequence[BarSeries], taker_fee: float) -> Curve:
+    """All-in long at the first bar's close, taker fee in and out, marked at each close; for
+    several series an equal-weight basket (each held from its own first bar, marked at its
+    last close until its next bar)."""
+    curves = [_buy_and_hold_one(b, taker_fee) for b in bars]
+    if len(curves) == 1:
+        return curves[0]
+    ts = np.unique(np.concatenate([c.ts for c in curves]))
+    eq = np.zeros(len(ts))
+    for c in curves:
+        at = np.searchsorted(c.ts, ts, side="right") - 1
+        eq += np.where(at >= 0, c.equity[np.maximum(at, 0)], 1.0)
+    return Curve(ts, eq / len(curves), len(curves), sum(c.fees for c in curves) / len(curves))
+
+
+def _buy_and_hold_one(bars: BarSeries, taker_fee: float) -> Curve:
     c = np.asarray(bars.close, dtype=np.float64)
     eq = (1.0 - taker_fee) * c / c[0]
     eq[-1] *= 1.0 - taker_fee

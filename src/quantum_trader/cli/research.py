@@ -62,7 +62,8 @@ def _registry(cfg: Settings) -> Any:
 def train(
     data: Annotated[list[str] | None, typer.Option(
         "--data", "-d", metavar="SPEC",
-        help="FILE (CSV/parquet) or sample:XRP|BTC|ETH|EOS|LTC (one series)")] = None,
+        help="FILE (CSV/parquet) or sample:XRP|BTC|ETH|EOS|LTC; repeat to pool symbols into "
+             "one model")] = None,
     timeframe: Annotated[str | None, typer.Option(
         help="Timeframe of FILE data (sample data is 30m; refused if the bars are not)")] = None,
     config: ConfigOpt = None,
@@ -84,21 +85,22 @@ def train(
     ai = _ai_settings(cfg, model_name=model, seed=seed, **{"model.kind": kind,
                                                           "walkforward.folds": folds})
     check_writable_dir(cfg.paths.registry_dir, "model registry (paths.registry_dir)")
-    if data and len(data) > 1:
-        # Repeating the option used to keep only the last one, silently.
-        raise UserError(f"--data given {len(data)} times ({', '.join(data)}): train learns "
-                        "from one series; run it once per symbol")
-    configured = configured_specs(cfg) if not data else []
-    if len(configured) > 1:
-        raise UserError(f"data.symbols lists {len(configured)} symbols "
-                        f"({', '.join(cfg.data.symbols)}): train learns from one series; "
-                        "pick one with --data")
-    spec = data[0] if data else configured[0]
+    specs = data or configured_specs(cfg)
     tf = timeframe or (None if data else cfg.data.timeframe)
-    series = load_series([spec], tf, timerange)[0]
+    pool = load_series(specs, tf, timerange)
+    if len({s.timeframe for s in pool}) > 1:
+        raise UserError("--data: a pooled model learns from one timeframe, got "
+                        + ", ".join(f"{spec} ({s.timeframe})"
+                                    for spec, s in zip(specs, pool, strict=True)))
+    repeated = sorted({s.symbol for s in pool if [p.symbol for p in pool].count(s.symbol) > 1})
+    if repeated:
+        raise UserError(f"--data: {', '.join(repeated)} given more than once")
     registry = _registry(cfg)
-    err.print(f"training [bold]{ai.model_name}[/] ({ai.model.kind}) on {series.symbol} "
-              f"{series.timeframe}: {len(series):,} bars → {registry.root}")
+    what = pool[0].symbol if len(pool) == 1 else \
+        f"{len(pool)} symbols pooled ({', '.join(s.symbol for s in pool)})"
+    err.print(f"training [bold]{ai.model_name}[/] ({ai.model.kind}) on {what} "
+              f"{pool[0].timeframe}: {sum(len(s) for s in pool):,} bars → {registry.root}")
+    series = pool[0] if len(pool) == 1 else pool
     report = train_model(series, cfg, ai, registry,
                          progress=lambda msg: err.print(f"[dim]  {msg}[/]"))
     if as_json:
