@@ -81,7 +81,9 @@ def test_durations_by_hand() -> None:
     assert st.mean_win_ms == 2 * HOUR  # (1 + 3) / 2
     assert st.mean_loss_ms == 6 * HOUR  # (2 + 10) / 2
     none = duration_stats([])
-    assert none.trades == 0 and none.mean_ms is None and none.median_ms is None
+    assert none.trades == 0
+    assert none.mean_ms is None
+    assert none.median_ms is None
     assert duration_stats([trade(1.0, 5)]).mean_loss_ms is None
 
 
