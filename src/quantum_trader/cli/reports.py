@@ -261,7 +261,7 @@ def backtest_compare(
                      for s, r in zip(stored, reports, strict=True)],
             "config_differences": diffs}, indent=2))
         return
-    table = FittedTable([FitColumn("Metric"),
+    table = FittedTable([FitColumn("Metric", wrap=True, wrap_min=14),
                          *(FitColumn(_id_header(s.run_id), "right") for s in stored)],
                         title=f"{len(stored)} backtest runs", caption="best of each row in "
                         "bold; config: only the settings that differ")
