@@ -55,7 +55,7 @@ _NICE_MINUTES = (1, 3, 5, 15, 30, 60, 120, 240, 360, 480, 720, 1440, 2880, 4320,
                  20160, 43200)
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 # Inline script and style only; nothing may be fetched (plotly.js is embedded).
-_CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; "
+_CSP = ("default-src 'none'; script-src 'unsafe-inline'; "
         "style-src 'unsafe-inline'; img-src data: blob:; font-src data:")
 
 

@@ -131,9 +131,10 @@ def backtest(
                   "under risk: in the config)", soft_wrap=True)
     console.print(f"{result.bars:,} bars in {result.elapsed_s:.2f}s "
                   f"({result.bars_per_second:,.0f} bars/s)."
-                  + (f" Chart: {chart}" if chart else ""))
+                  + (f" Chart: {escape(str(chart))}" if chart else ""))
     files = ", ".join(sorted(p.name for p in saved.path.iterdir()))
-    console.print(f"Run {saved.run_id} saved in {saved.path}/ ({files})", soft_wrap=True)
+    console.print(f"Run {saved.run_id} saved in {escape(str(saved.path))}/ ({files})",
+                  soft_wrap=True)
 
 
 def _set_aside(db: Path) -> Path | None:
