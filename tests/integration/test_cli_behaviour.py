@@ -127,7 +127,8 @@ def test_version_completion_and_flags_shown_as_flags() -> None:
     top = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert "--install-completion" in top.stdout
     assert "--debug" in top.stdout
-    for cmd in (["backtest"], ["trades"], ["run"], ["models", "list"], ["backup", "list"]):
+    for cmd in (["backtest"], ["trades"], ["run"], ["models", "list"], ["backup", "list"],
+                ["reports"], ["backtest-compare"]):
         shown = runner.invoke(app, [*cmd, "--help"], env={"COLUMNS": "200"})
         assert shown.exit_code == 0
         assert "<bool>" not in shown.stdout, cmd
@@ -156,7 +157,8 @@ def test_an_unexpected_error_is_one_line_and_debug_gives_the_traceback(
 
 @pytest.mark.parametrize(("argv", "code"), [
     (["models", "list"], 0), (["models", "list", "--json"], 0), (["token", "list"], 0),
-    (["backup", "list"], 0), (["config"], 0), (["trades"], 2), (["status", "--json"], 1)])
+    (["backup", "list"], 0), (["config"], 0), (["trades"], 2), (["status", "--json"], 1),
+    (["reports"], 0), (["reports", "--json"], 0)])
 def test_read_only_commands_create_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            argv: list[str], code: int) -> None:
     cfg = tmp_path / "qt.yaml"

@@ -30,6 +30,10 @@ CONFIG_ROWS = [
     (["--bogus"], "--bogus"),
 ]
 
+# Stored backtest runs in the working directory's reports/ (see ``workdir``).
+RUN_A = "20240101T000000Z-aaaaaaaa"
+RUN_B = "20240101T000000Z-bbbbbbbb"
+
 ROWS: dict[str, list[tuple[list[str], str]]] = {
     "backtest": [
         (["--data", "nosuch.csv"], "nosuch.csv"),
@@ -49,6 +53,26 @@ ROWS: dict[str, list[tuple[list[str], str]]] = {
         (["--timerange", "20180201-20180101"], "20180201-20180101"),
         (["--timerange", "20300101-"], "20300101-"),
         (["--timerange", "2018-13-01.."], "2018-13-01"),
+        (["--report", "true"], "true"),
+        *CONFIG_ROWS,
+    ],
+    "backtest-compare": [
+        ([], "RUN"),
+        (["nosuch", "other"], "nosuch"),
+        ([RUN_A], "at least two"),
+        ([RUN_A, RUN_B], RUN_B),  # its result.json is not JSON
+        ([RUN_A, "afile"], "afile"),
+        (["2024", RUN_A], "ambiguous"),
+        ([RUN_A, ""], "empty"),
+        ([RUN_A, RUN_A, "--config", "reports-file.yaml"], "afile"),
+        *[([RUN_A, RUN_A, *args], names) for args, names in CONFIG_ROWS],
+    ],
+    "reports": [
+        (["extra"], "extra"),
+        (["--json", "true"], "true"),
+        (["--limit", "0"], "--limit"),
+        (["--limit", "-1"], "--limit"),
+        (["--config", "reports-file.yaml"], "afile"),
         *CONFIG_ROWS,
     ],
     "run": [
@@ -258,6 +282,10 @@ def workdir(tmp_path: Path, busy_port: int, monkeypatch: pytest.MonkeyPatch) -> 
     (tmp_path / "garbage.json").write_text("{not json")
     (tmp_path / "reports-file.yaml").write_text("paths:\n  reports_dir: afile/reports\n")
     (tmp_path / "registry-file.yaml").write_text("paths:\n  registry_dir: afile/models\n")
+    for run_id, result in ((RUN_A, f'{{"run_id": "{RUN_A}", "report": {{}}}}'),
+                           (RUN_B, "{not json")):
+        (tmp_path / "reports" / run_id).mkdir(parents=True)
+        (tmp_path / "reports" / run_id / "result.json").write_text(result)
     from quantum_trader.config import SERVICE_NAMES
 
     ports = dict.fromkeys(SERVICE_NAMES, busy_port)

@@ -55,6 +55,24 @@ class PerformanceReport:
         """JSON-safe: infinities become "∞" / "-∞", NaN becomes None."""
         return {f.name: _json_safe(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PerformanceReport:
+        """The report ``to_dict`` made (a stored run's); unknown keys are ignored, a missing
+        one is a ``ValueError`` naming it."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise ValueError(f"performance report without {', '.join(missing)}")
+        return cls(**{n: _from_json(data[n]) for n in names})
+
+
+def _from_json(value: Any) -> Any:
+    if value == "∞":
+        return math.inf
+    if value == "-∞":
+        return -math.inf
+    return value
+
 
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float):
@@ -233,3 +251,122 @@ def pair_results(trades: Sequence[ClosedTrade], bars: dict[str, int],
 def basket_buy_and_hold(pairs: Sequence[PairResult]) -> float | None:
     """Equal weights in every symbol from its first bar, held to its last."""
     return sum(p.buy_and_hold for p in pairs) / len(pairs) if pairs else None
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodReturn:
+    """The account's return over one calendar period (UTC): its last equity point over the
+    last point before it (the curve's first point for the first period)."""
+
+    year: int
+    month: int | None  # None: the whole year
+    ret: float
+    start_equity: float
+    end_equity: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _json_safe(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _period_returns(equity_ts: npt.NDArray[np.int64], equity: npt.NDArray[np.float64],
+                    unit: str) -> list[PeriodReturn]:
+    ts = np.asarray(equity_ts, dtype=np.int64)
+    eq = np.asarray(equity, dtype=np.float64)
+    if len(eq) == 0:
+        return []
+    if eq.shape != ts.shape:
+        raise ValueError(f"equity_ts and equity differ in shape: {ts.shape} and {eq.shape}")
+    periods = ts.astype("datetime64[ms]").astype(f"datetime64[{unit}]").astype(np.int64)
+    last = np.flatnonzero(np.diff(periods) != 0)  # the last point of each period but the last
+    ends = np.append(last, len(eq) - 1)
+    out = []
+    base = float(eq[0])
+    for i in ends:
+        end = float(eq[i])
+        p = int(periods[i])
+        year, month = (1970 + p // 12, p % 12 + 1) if unit == "M" else (1970 + p, None)
+        ret = end / base - 1.0 if base > 0 else 0.0  # nothing left to return on after a wipe-out
+        out.append(PeriodReturn(year, month, ret, base, end))
+        base = end
+    return out
+
+
+def monthly_returns(equity_ts: npt.NDArray[np.int64],
+                    equity: npt.NDArray[np.float64]) -> list[PeriodReturn]:
+    """One return per calendar month (UTC) the curve touches, in order; compounded they give
+    the total return. A month with no point (a gap in the data) has no entry."""
+    return _period_returns(equity_ts, equity, "M")
+
+
+def yearly_returns(equity_ts: npt.NDArray[np.int64],
+                   equity: npt.NDArray[np.float64]) -> list[PeriodReturn]:
+    """As ``monthly_returns``, per calendar year."""
+    return _period_returns(equity_ts, equity, "Y")
+
+
+@dataclass(frozen=True, slots=True)
+class DurationStats:
+    """How long trades were open (``closed_ts - opened_ts``), in milliseconds; None without
+    trades (or without winners / losers for those two)."""
+
+    trades: int
+    mean_ms: float | None
+    median_ms: float | None
+    min_ms: int | None
+    max_ms: int | None
+    mean_win_ms: float | None
+    mean_loss_ms: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _json_safe(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def trade_durations(trades: Sequence[ClosedTrade]) -> npt.NDArray[np.int64]:
+    return np.array([t.closed_ts - t.opened_ts for t in trades], dtype=np.int64)
+
+
+def duration_stats(trades: Sequence[ClosedTrade]) -> DurationStats:
+    d = trade_durations(trades)
+    if len(d) == 0:
+        return DurationStats(0, None, None, None, None, None, None)
+    net = np.array([t.net_pnl for t in trades], dtype=np.float64)
+    wins, losses = d[net > 0], d[net < 0]
+    return DurationStats(
+        len(d), float(d.mean()), float(np.median(d)), int(d.min()), int(d.max()),
+        float(wins.mean()) if len(wins) else None,
+        float(losses.mean()) if len(losses) else None)
+
+
+@dataclass(frozen=True, slots=True)
+class ExitReasonStats:
+    reason: str
+    trades: int
+    share: float  # of all trades
+    wins: int
+    win_rate: float
+    net_pnl: float
+    avg_pnl: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _json_safe(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def exit_reasons(trades: Sequence[ClosedTrade]) -> list[ExitReasonStats]:
+    """Trades grouped by why they closed, the most frequent first (ties by name)."""
+    groups: dict[str, list[float]] = {}
+    for t in trades:
+        groups.setdefault(t.exit_reason or "unknown", []).append(t.net_pnl)
+    total = len(trades)
+    out = [ExitReasonStats(reason, len(pnl), len(pnl) / total, sum(1 for p in pnl if p > 0),
+                           sum(1 for p in pnl if p > 0) / len(pnl), sum(pnl),
+                           sum(pnl) / len(pnl))
+           for reason, pnl in groups.items()]
+    return sorted(out, key=lambda s: (-s.trades, s.reason))
+
+
+def best_and_worst(trades: Sequence[ClosedTrade],
+                   n: int = 5) -> tuple[list[ClosedTrade], list[ClosedTrade]]:
+    """The ``n`` trades with the highest net PnL (best first) and the ``n`` with the lowest
+    (worst first); with fewer than ``2 n`` trades the lists share some."""
+    ranked = sorted(trades, key=lambda t: (t.net_pnl, t.closed_ts))
+    return ranked[::-1][:n], ranked[:n]

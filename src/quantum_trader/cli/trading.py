@@ -107,24 +107,27 @@ def backtest(
     config: ConfigOpt = None,
     timerange: TimeRangeOpt = None,
     chart: Annotated[Path | None, typer.Option(
-        help="Equity/drawdown chart (.png or .html); default reports/backtest-<data>.png")
-    ] = None,
+        help="Also write the equity/drawdown chart here (.png or .html); the run's directory "
+             "has equity.png (without --json)")] = None,
     as_json: JsonOpt = False,
     trades_shown: Annotated[int, typer.Option("--trades", min=0, help="Trades to list")] = 20,
+    html_report: Annotated[bool | None, typer.Option(
+        "--report/--no-report", help="The interactive HTML report in the run's directory "
+                                     "(default: yes, but not with --json)",
+        show_default=False)] = None,
 ) -> None:
     """Backtest on historical bars: simulated clock, simulated exchange, full risk gate."""
-    from quantum_trader.analytics.charts import write_equity_chart
     from quantum_trader.analytics.tables import pairs_table, report_table, trades_table
+    from quantum_trader.cli.reports import save_run
     from quantum_trader.runtime.backtest import run_backtest
 
     cfg = settings(config)
     if chart is not None:
         check_writable_file(chart, "--chart", CHART_SUFFIXES)
-    else:
-        check_writable_dir(cfg.paths.reports_dir, "reports directory (paths.reports_dir)")
-    series = load_series(data or configured_specs(cfg), timeframe, timerange)
+    check_writable_dir(cfg.paths.reports_dir, "reports directory (paths.reports_dir)")
+    specs = data or configured_specs(cfg)
+    series = load_series(specs, timeframe, timerange)
     name = "-".join(s.symbol for s in series)
-    chart_path = chart or cfg.paths.reports_dir / f"backtest-{name}.png"
     total = sum(len(s) for s in series)
     source = signal_source(cfg, quiet=as_json)
     if as_json:
@@ -134,22 +137,13 @@ def backtest(
             task = prog.add_task("backtest", total=total, rate="")
             result = run_backtest(series, cfg, source,
                                   progress=lambda n: prog.update(task, advance=n))
-    chart_path.parent.mkdir(parents=True, exist_ok=True)
     changes = [(a.ts, f"{a.detail.get('to')}: {a.detail.get('reason')}")
                for a in result.state_changes]
-    write_equity_chart(chart_path, result.equity_ts, result.equity,
-                       f"{result.source} on {name} {result.timeframe}", marks=changes)
+    # --json is for speed: no chart or HTML unless asked for (--chart, --report).
+    saved = save_run(cfg, specs, series, result, chart=chart, marks=changes, png=not as_json,
+                     html=not as_json if html_report is None else html_report)
     if as_json:
-        stdout_json(json.dumps({
-            "source": result.source, "symbols": result.symbols, "timeframe": result.timeframe,
-            "bars": result.bars, "elapsed_s": round(result.elapsed_s, 4),
-            "bars_per_second": round(result.bars_per_second), "orders": result.orders,
-            "signals": result.signals, "rejections": result.rejections,
-            "chart": str(chart_path), "report": result.report.to_dict(),
-            "pairs": [p.to_dict() for p in result.pairs],
-            "basket_buy_and_hold": result.basket_buy_and_hold,
-            "state_changes": [{"time": fmt_ts(a.ts), **a.detail} for a in result.state_changes],
-            "trades": [trade_dict(t) for t in result.trades]}, indent=2))
+        stdout_json(json.dumps(saved.output, indent=2))
         return
     console.print(report_table(result.report, title=f"Backtest — {result.source} on {name} "
                                                      f"{result.timeframe}"))
@@ -166,7 +160,11 @@ def backtest(
                   "refused new entries from then on (the chart marks it; the limits are "
                   "under risk: in the config)", soft_wrap=True)
     console.print(f"{result.bars:,} bars in {result.elapsed_s:.2f}s "
-                  f"({result.bars_per_second:,.0f} bars/s). Chart: {chart_path}")
+                  f"({result.bars_per_second:,.0f} bars/s)."
+                  + (f" Chart: {escape(str(chart))}" if chart else ""))
+    files = ", ".join(sorted(p.name for p in saved.path.iterdir()))
+    console.print(f"Run {saved.run_id} saved in {escape(str(saved.path))}/ ({files})",
+                  soft_wrap=True)
 
 
 def _set_aside(db: Path) -> Path | None:
