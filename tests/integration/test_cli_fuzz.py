@@ -30,6 +30,20 @@ CONFIG_ROWS = [
     (["--bogus"], "--bogus"),
 ]
 
+# Common to every command that takes a plugin strategy (good.py and broken.py: see workdir).
+STRATEGY_ROWS = [
+    (["--strategy", "nosuch.py"], "nosuch.py"),
+    (["--strategy", "good.py:Nope"], "Nope"),
+    (["--strategy", "broken.py"], "broken.py"),
+    (["--strategy", "nosuchname"], "nosuchname"),
+    (["--strategy", "nosuch.module:Cls"], "nosuch"),
+    (["--strategy", "good.py", "--param", "window=0"], "window=0"),
+    (["--strategy", "good.py", "--param", "window=abc"], "window=abc"),
+    (["--strategy", "good.py", "--param", "windw=5"], "windw"),
+    (["--strategy", "good.py", "--param", "window"], "window"),
+    (["--param", "window=5"], "--param"),
+]
+
 ROWS: dict[str, list[tuple[list[str], str]]] = {
     "backtest": [
         (["--data", "nosuch.csv"], "nosuch.csv"),
@@ -45,6 +59,7 @@ ROWS: dict[str, list[tuple[list[str], str]]] = {
         (["--data", "sample:XRP", "--timeframe", "1h"], "1h"),
         (["--json", "true"], "true"),
         (["--config", "reports-file.yaml"], "afile"),
+        *STRATEGY_ROWS,
         *CONFIG_ROWS,
     ],
     "run": [
@@ -56,7 +71,26 @@ ROWS: dict[str, list[tuple[list[str], str]]] = {
         (["--data", "nosuch.csv"], "nosuch.csv"),
         (["--data", "notparquet.parquet"], "notparquet.parquet"),
         (["--fresh", "true"], "true"),
+        *STRATEGY_ROWS,
         *CONFIG_ROWS,
+    ],
+    "lookahead": [
+        (["--warmup", "-1"], "--warmup"),
+        (["--data", "nosuch.csv"], "nosuch.csv"),
+        (["--data", "bars.csv@XRPUSDT", "--warmup", "100"], "--warmup"),
+        (["--data", "sample:XRP", "--timeframe", "1h"], "1h"),
+        (["--json", "true"], "true"),
+        *STRATEGY_ROWS,
+        *CONFIG_ROWS,
+    ],
+    "new-strategy": [
+        ([], "NAME"),
+        (["9lives"], "9lives"),
+        (["my strategy"], "my strategy"),
+        (["good"], "good.py"),  # never overwrites
+        (["fine", "--dir", "afile"], "afile"),
+        (["fine", "--dir", "afile/sub"], "afile"),
+        (["fine", "extra"], "extra"),
     ],
     "trades": [
         ([], "no store"),
@@ -227,6 +261,12 @@ def workdir(tmp_path: Path, busy_port: int, monkeypatch: pytest.MonkeyPatch) -> 
     (tmp_path / "garbage.json").write_text("{not json")
     (tmp_path / "reports-file.yaml").write_text("paths:\n  reports_dir: afile/reports\n")
     (tmp_path / "registry-file.yaml").write_text("paths:\n  registry_dir: afile/models\n")
+    (tmp_path / "good.py").write_text(
+        "from quantum_trader.strategies import IntParam, Strategy\n\n\n"
+        "class Good(Strategy):\n    window = IntParam(10, low=2, high=100)\n\n"
+        "    def on_bar(self, bar):\n        return None\n")
+    (tmp_path / "broken.py").write_text("from quantum_trader.strategies import Strategy\n\n"
+                                        "class Half(Strategy)\n")  # a syntax error
     from quantum_trader.config import SERVICE_NAMES
 
     ports = dict.fromkeys(SERVICE_NAMES, busy_port)

@@ -43,11 +43,12 @@ def lookahead(
     start the history later and see that the signals agree after the warm-up; run it twice.
     Exit 1 when it fails, naming the first bar where it differs."""
     from quantum_trader.ai.production import choose_signal_source, plugin_strategy
-    from quantum_trader.strategies.checks import CheckImpossible, CheckResult, check_source, show
+    from quantum_trader.strategies.checks import CheckResult, bars_needed, check_source, show
 
     choice = with_strategy(settings(config), strategy, param)
     cfg = choice.settings
-    series = load_series(data or [cfg.data.source], timeframe)
+    specs = data or [cfg.data.source]
+    series = load_series(specs, timeframe)
     plugin = plugin_strategy(cfg, choice.origin, choice.param_origin)
     if plugin is not None:
         ttl = cfg.strategy.signal_ttl_ms
@@ -67,15 +68,16 @@ def lookahead(
     name = probe.name
     declared = getattr(probe, "warmup", None)
     warm = warmup if warmup is not None else int(declared()) if callable(declared) else 0
+    for spec, s in zip(specs, series, strict=True):
+        if len(s) < bars_needed(warm):
+            given = "--warmup" if warmup is not None else f"{name}'s warmup()"
+            raise UserError(f"--data {spec}: {len(s)} bars are too few for a warm-up of {warm} "
+                            f"bars ({given}); the checks need at least {bars_needed(warm)}")
     if not as_json:
         err.print(f"checking: {escape(why)}; warm-up {warm} bars", soft_wrap=True)
     results: list[CheckResult] = []
     for s in series:
-        try:
-            results += check_source(make, s, warm)
-        except CheckImpossible as exc:
-            raise UserError(f"--data {s.symbol}: {exc}; give more bars or a smaller "
-                            "--warmup") from None
+        results += check_source(make, s, warm)
     failed = [r for r in results if not r.passed]
     if as_json:
         stdout_json(json.dumps({

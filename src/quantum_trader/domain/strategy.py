@@ -100,15 +100,16 @@ class IntParam(Param[int]):
         return f"an integer in [{self.low}, {self.high}]"
 
     def coerce(self, value: object) -> int:
+        number = value
         if isinstance(value, str):
             try:
-                value = int(value.strip())
+                number = int(value.strip())
             except ValueError:
                 self._refuse(value)
-        if not isinstance(value, int) or isinstance(value, bool) \
-                or not self.low <= value <= self.high:
+        if not isinstance(number, int) or isinstance(number, bool) \
+                or not self.low <= number <= self.high:
             self._refuse(value)
-        return value
+        return number
 
 
 @dataclass(frozen=True)
@@ -130,15 +131,16 @@ class FloatParam(Param[float]):
         return f"a number in [{self.low:g}, {self.high:g}]"
 
     def coerce(self, value: object) -> float:
+        number = value
         if isinstance(value, str):
             try:
-                value = float(value.strip())
+                number = float(value.strip())
             except ValueError:
                 self._refuse(value)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) \
-                or not (math.isfinite(value) and self.low <= value <= self.high):
+        if not isinstance(number, (int, float)) or isinstance(number, bool) \
+                or not (math.isfinite(number) and self.low <= number <= self.high):
             self._refuse(value)
-        return float(value)
+        return float(number)
 
 
 def _text(choice: ParamValue) -> str:

@@ -78,9 +78,9 @@ class StrategySource:
                 inst = self.instances[bar.symbol] = self.cls(**self.params)
             out = inst.on_bar(bar)
         except Exception as exc:
-            self._refuse(bar, f"raised {type(exc).__name__}"
-                              f"{': ' + ' '.join(str(exc).split()) if str(exc) else ''}"
-                              f"{self._where(exc.__traceback__)}")
+            text = " ".join(str(exc).split())
+            self._refuse(bar, f"raised {type(exc).__name__}{': ' + text if text else ''}",
+                         where=self._where(exc.__traceback__))
         if out is None:
             return None
         return self._signal(out, bar)
@@ -112,9 +112,9 @@ class StrategySource:
                             timeframe=bar.timeframe,
                             stop_distance=None if stop is None else float(stop))
 
-    def _refuse(self, bar: Bar, what: str, rule: str = "") -> NoReturn:
+    def _refuse(self, bar: Bar, what: str, rule: str = "", where: str = "") -> NoReturn:
         self.broken = StrategyError(
-            f"strategy {self.name} {what} on {bar.symbol} bar {bar_time(bar.ts)}"
+            f"strategy {self.name} {what} on {bar.symbol} bar {bar_time(bar.ts)}{where}"
             f"{': ' + rule if rule else ''}")
         raise self.broken
 

@@ -133,14 +133,20 @@ def _compare(check: CheckName, series: BarSeries, condition: str,
                        sum(1 for k in reference[first:stop] if k is not None))
 
 
+def bars_needed(warmup: int) -> int:
+    """The fewest bars ``check_source`` can work with: the recursive check starts at least
+    one bar in and compares at least one bar after the warm-up."""
+    return max(warmup + 2, 4)
+
+
 def check_source(make: Callable[[], SignalSource], series: BarSeries, warmup: int,
                  cuts: Sequence[float] = CUTS, seed: int = 7) -> list[CheckResult]:
     """Every check on one symbol's bars: lookahead at each cut, recursive, deterministic."""
     n = len(series)
-    start = min(n // 4, n - warmup - 1)
-    if start < 1 or n < 4:
+    if n < bars_needed(warmup):
         raise CheckImpossible(f"{series.symbol}: {n} bars are too few to check a source with "
-                              f"a warm-up of {warmup} bars (at least {warmup + 2} are needed)")
+                              f"a warm-up of {warmup} bars (at least {bars_needed(warmup)})")
+    start = min(n // 4, n - warmup - 1)
     reference = signals(make, series)
     results = []
     for k, fraction in enumerate(cuts):
