@@ -56,7 +56,9 @@ class Param(Generic[T]):
         raise NotImplementedError
 
     def _refuse(self, value: object) -> NoReturn:
-        raise ValueError(f"{value!r} is not {self.describe()}")
+        # Text as typed (the command line's "--param fast=abc" is already quoted enough).
+        shown = value if isinstance(value, str) and value.strip() else repr(value)
+        raise ValueError(f"{shown} is not {self.describe()}")
 
     # --- the descriptor ---------------------------------------------------------------------
     def __set_name__(self, owner: type[Any], name: str) -> None:
