@@ -106,14 +106,23 @@ def load_series(specs: list[str], timeframe: str | None) -> list[Any]:
     return series
 
 
-def signal_source(choice: SourceChoice, quiet: bool = False) -> Any:
-    """The chosen signal source; says which on stderr."""
+def choose_source(choice: SourceChoice) -> tuple[Any, str]:
+    """The chosen signal source and why it is that one."""
     from quantum_trader.ai.production import choose_signal_source
 
-    source, why = choose_signal_source(choice.settings, origin=choice.origin,
-                                       param_origin=choice.param_origin)
+    return choose_signal_source(choice.settings, origin=choice.origin,
+                                param_origin=choice.param_origin)
+
+
+def say_source(why: str) -> None:
+    err.print(f"signal source: {escape(why)}", soft_wrap=True)
+
+
+def signal_source(choice: SourceChoice, quiet: bool = False) -> Any:
+    """The chosen signal source; says which on stderr."""
+    source, why = choose_source(choice)
     if not quiet:
-        err.print(f"signal source: {escape(why)}", soft_wrap=True)
+        say_source(why)
     return source
 
 
@@ -269,7 +278,7 @@ def run(
     specs = data or [cfg.data.source]
     series = load_series(specs, None)
     identity = RunIdentity.of(specs, series)
-    source = signal_source(choice)  # before the store exists: a refused source writes nothing
+    source, why = choose_source(choice)  # before the store exists: a bad one writes nothing
     with _one_run(state):
         if fresh and db is not None and (moved := _set_aside(db)) is not None:
             err.print(f"previous store moved to {moved}")
@@ -281,6 +290,7 @@ def run(
             try:
                 # Before anything is said or written: is this store this data's?
                 check_identity(await stored_identity(store), identity)
+                say_source(why)
                 with progress_bar() as prog:
                     task = prog.add_task("paper trading", total=None, rate="")
                     summary = await run_paper(cfg, series, store, source,
