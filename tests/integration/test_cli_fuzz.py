@@ -33,6 +33,7 @@ CONFIG_ROWS = [
 # Common to every command that takes a plugin strategy (good.py and broken.py: see workdir).
 STRATEGY_ROWS = [
     (["--strategy", "nosuch.py"], "nosuch.py"),
+    (["--strategy", ""], "--strategy"),
     (["--strategy", "good.py:Nope"], "Nope"),
     (["--strategy", "broken.py"], "broken.py"),
     (["--strategy", "nosuchname"], "nosuchname"),

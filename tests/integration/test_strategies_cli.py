@@ -139,6 +139,21 @@ def test_backtest_and_run_take_the_strategy_and_its_params_from_the_config(
     assert res.stderr.strip() == "error: --param period=1: 1 is not an integer in [2, 100]"
 
 
+def test_entries_below_the_confidence_floor_are_rejected_and_said_so(workdir: Path) -> None:
+    (workdir / "timid.py").write_text(
+        "from quantum_trader.strategies import Bar, Signal, Strategy\n\n\n"
+        "class Timid(Strategy):\n"
+        "    def on_bar(self, bar: Bar) -> Signal | None:\n"
+        "        return Signal.long(0.5) if bar.ts % 86_400_000 == 0 else None\n")
+    res = qt("backtest", "--strategy", "timid.py", "--data", "sample:XRP", "--chart", "c.png")
+    assert res.exit_code == 0, res.stderr
+    assert "note: 731 of 731 signals were rejected with LOW_CONFIDENCE: their confidence was " \
+           "below risk.min_confidence (0.55); see docs/strategies.md" in res.stderr
+    assert "LOW_CONFIDENCE=731" in res.stdout
+    res = qt("backtest", "--strategy", "timid.py", "--data", "sample:XRP", "--json")
+    assert json.loads(res.stdout)["rejections"] == {"LOW_CONFIDENCE": 731}
+
+
 def test_an_installed_strategy_runs_by_name_in_a_real_process(tmp_path: Path) -> None:
     site = tmp_path / "site"
     (site / "turtles").mkdir(parents=True)

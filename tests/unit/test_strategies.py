@@ -69,6 +69,36 @@ def test_parameters_are_collected_read_as_values_and_cannot_be_changed() -> None
         s.fast = 3  # type: ignore[misc]
 
 
+def test_a_strategy_that_skips_the_base_init_is_told_how_to_fix_it() -> None:
+    class OwnInit(Strategy):
+        n = IntParam(3, low=1, high=5)
+
+        def __init__(self, **params: object) -> None:
+            self.state = 0  # no super().__init__
+
+        def warmup(self) -> int:
+            return self.n
+
+    with pytest.raises(StrategyLoadError, match=r"OwnInit\(n=3\) could not be made: "
+                       r"AttributeError: parameter n is not set yet: a strategy's __init__ "
+                       r"must call super\(\).__init__\(\*\*params\)"):
+        _load_class(OwnInit)
+
+
+def _load_class(cls: type[Strategy]) -> object:
+    """``load_strategy`` for a class defined here (through a module of its own)."""
+    import types
+
+    module = types.ModuleType("qt_test_strategies_inline")
+    setattr(module, cls.__name__, cls)
+    cls.__module__ = module.__name__
+    sys.modules[module.__name__] = module
+    try:
+        return load_strategy(f"{module.__name__}:{cls.__name__}", origin="test")
+    finally:
+        del sys.modules[module.__name__]
+
+
 @pytest.mark.parametrize(("param", "value", "message"), [
     (IntParam(5, low=1, high=10), 11, "11 is not an integer in [1, 10]"),
     (IntParam(5, low=1, high=10), "abc", "abc is not an integer in [1, 10]"),

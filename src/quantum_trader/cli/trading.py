@@ -68,6 +68,9 @@ def with_strategy(cfg: Settings, strategy: str | None, params: list[str] | None
     """``cfg`` with ``--strategy``/``--param`` applied (module docstring)."""
     if strategy is None and not params:
         return SourceChoice(cfg)
+    if strategy is not None and not strategy.strip():
+        raise UserError("--strategy: empty; give FILE.py[:Class], package.module:Class or an "
+                        "installed strategy's name")
     s = cfg.strategy
     values: dict[str, Any] = dict(s.params) if strategy in (None, s.path) else {}
     origins: dict[str, str] = {}

@@ -72,7 +72,11 @@ class Param(Generic[T]):
     def __get__(self, obj: object, owner: type[Any] | None = None) -> Self | T:
         if obj is None:
             return self
-        values: Mapping[str, T] = obj.__dict__["_qt_params"]
+        values: Mapping[str, T] | None = obj.__dict__.get("_qt_params")
+        if values is None:
+            raise AttributeError(f"parameter {self._name} is not set yet: a strategy's "
+                                 "__init__ must call super().__init__(**params) (or make its "
+                                 "state in setup() instead)")
         return values[self._name]
 
     def __set__(self, obj: object, value: object) -> NoReturn:
