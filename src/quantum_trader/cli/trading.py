@@ -118,7 +118,7 @@ def choose_source(choice: SourceChoice) -> tuple[Any, str]:
 
 
 def say_source(why: str) -> None:
-    err.print(f"signal source: {escape(why)}", soft_wrap=True)
+    err.print(f"signal source: {escape(why)}", soft_wrap=True, emoji=False)
 
 
 def signal_source(choice: SourceChoice, quiet: bool = False) -> Any:

@@ -147,7 +147,7 @@ def _import_module(target: str, spec: str, origin: str) -> ModuleType:
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and target.startswith(exc.name):
+        if exc.name is not None and (target + ".").startswith(exc.name + "."):
             raise StrategyLoadError(f"{origin} {spec}: no module {exc.name} (a file is "
                                     f"FILE.py:Class; a module must be on the Python path)"
                                     ) from None
