@@ -42,8 +42,10 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
+    model_validator,
 )
 
 from quantum_trader.ai.settings import AISettings
@@ -150,15 +152,41 @@ class ExchangeSection(_Section):
 
 
 class StrategySection(_Section):
-    # auto: the production model when the registry has one, else the EMA-cross baseline;
-    # model: require a production model; ema_cross: always the baseline.
+    # auto: a plugin strategy when ``path`` names one, else the production model when the
+    # registry has one, else the EMA-cross baseline; model: require a production model;
+    # ema_cross: always the baseline.
     kind: Literal["auto", "ema_cross", "model"] = "auto"
-    fast: int = Field(12, ge=1)
-    slow: int = Field(26, ge=2)
-    atr_period: int = Field(14, ge=1)
-    atr_mult: float = Field(2.0, gt=0)
-    signal_ttl_ms: int = Field(60_000, gt=0)
+    # A plugin strategy (docs/strategies.md): FILE.py[:Class], package.module:Class, or the
+    # name of an installed one (entry point group quantum_trader.strategies). Its parameter
+    # values go in ``params``; they are checked against the ranges it declares when it loads.
+    path: str = ""
+    params: dict[str, int | float | str | bool] = Field(default_factory=dict)
+    # The baseline's parameters, checked against the ranges EmaCrossStrategy declares.
+    fast: int = 12
+    slow: int = 26
+    atr_period: int = 14
+    atr_mult: float = 2.0
     allow_short: bool = True
+    signal_ttl_ms: int = Field(60_000, gt=0)  # every source's signals live this long
+
+    @field_validator("fast", "slow", "atr_period", "atr_mult", "allow_short", mode="before")
+    @classmethod
+    def _in_declared_range(cls, v: Any, info: ValidationInfo) -> Any:
+        from quantum_trader.domain.strategy import EmaCrossStrategy
+
+        assert info.field_name is not None
+        return EmaCrossStrategy.parameters[info.field_name].coerce(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StrategySection:
+        if self.fast >= self.slow:
+            raise ValueError(f"fast ({self.fast}) must be less than slow ({self.slow})")
+        if self.path and self.kind != "auto":
+            raise ValueError(f"strategy.path ({self.path}) is set, so strategy.kind must be "
+                             f"auto, not {self.kind} (or remove strategy.path)")
+        if self.params and not self.path:
+            raise ValueError("strategy.params are a plugin strategy's: set strategy.path too")
+        return self
 
 
 class DataSection(_Section):

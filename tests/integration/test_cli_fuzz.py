@@ -34,6 +34,21 @@ CONFIG_ROWS = [
 RUN_A = "20240101T000000Z-aaaaaaaa"
 RUN_B = "20240101T000000Z-bbbbbbbb"
 
+# Common to every command that takes a plugin strategy (good.py and broken.py: see workdir).
+STRATEGY_ROWS = [
+    (["--strategy", "nosuch.py"], "nosuch.py"),
+    (["--strategy", ""], "--strategy"),
+    (["--strategy", "good.py:Nope"], "Nope"),
+    (["--strategy", "broken.py"], "broken.py"),
+    (["--strategy", "nosuchname"], "nosuchname"),
+    (["--strategy", "nosuch.module:Cls"], "nosuch"),
+    (["--strategy", "good.py", "--param", "window=0"], "window=0"),
+    (["--strategy", "good.py", "--param", "window=abc"], "window=abc"),
+    (["--strategy", "good.py", "--param", "windw=5"], "windw"),
+    (["--strategy", "good.py", "--param", "window"], "window"),
+    (["--param", "window=5"], "--param"),
+]
+
 ROWS: dict[str, list[tuple[list[str], str]]] = {
     "backtest": [
         (["--data", "nosuch.csv"], "nosuch.csv"),
@@ -54,6 +69,7 @@ ROWS: dict[str, list[tuple[list[str], str]]] = {
         (["--timerange", "20300101-"], "20300101-"),
         (["--timerange", "2018-13-01.."], "2018-13-01"),
         (["--report", "true"], "true"),
+        *STRATEGY_ROWS,
         *CONFIG_ROWS,
     ],
     "backtest-compare": [
@@ -85,6 +101,7 @@ ROWS: dict[str, list[tuple[list[str], str]]] = {
         (["--data", "notparquet.parquet"], "notparquet.parquet"),
         (["--fresh", "true"], "true"),
         (["--yes", "true"], "true"),
+        *STRATEGY_ROWS,
         *CONFIG_ROWS,
     ],
     "state": [
@@ -102,6 +119,24 @@ ROWS: dict[str, list[tuple[list[str], str]]] = {
         (["--yes", "no"], "no"),
         (["--keep-peak", "1"], "1"),
         *CONFIG_ROWS,
+    ],
+    "lookahead": [
+        (["--warmup", "-1"], "--warmup"),
+        (["--data", "nosuch.csv"], "nosuch.csv"),
+        (["--data", "bars.csv@XRPUSDT", "--warmup", "100"], "--warmup"),
+        (["--data", "sample:XRP", "--timeframe", "1h"], "1h"),
+        (["--json", "true"], "true"),
+        *STRATEGY_ROWS,
+        *CONFIG_ROWS,
+    ],
+    "new-strategy": [
+        ([], "NAME"),
+        (["9lives"], "9lives"),
+        (["my strategy"], "my strategy"),
+        (["good"], "good.py"),  # never overwrites
+        (["fine", "--dir", "afile"], "afile"),
+        (["fine", "--dir", "afile/sub"], "afile"),
+        (["fine", "extra"], "extra"),
     ],
     "trades": [
         ([], "no store"),
@@ -286,6 +321,12 @@ def workdir(tmp_path: Path, busy_port: int, monkeypatch: pytest.MonkeyPatch) -> 
                            (RUN_B, "{not json")):
         (tmp_path / "reports" / run_id).mkdir(parents=True)
         (tmp_path / "reports" / run_id / "result.json").write_text(result)
+    (tmp_path / "good.py").write_text(
+        "from quantum_trader.strategies import IntParam, Strategy\n\n\n"
+        "class Good(Strategy):\n    window = IntParam(10, low=2, high=100)\n\n"
+        "    def on_bar(self, bar):\n        return None\n")
+    (tmp_path / "broken.py").write_text("from quantum_trader.strategies import Strategy\n\n"
+                                        "class Half(Strategy)\n")  # a syntax error
     from quantum_trader.config import SERVICE_NAMES
 
     ports = dict.fromkeys(SERVICE_NAMES, busy_port)

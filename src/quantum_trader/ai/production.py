@@ -1,16 +1,25 @@
-"""Which signal source trades: the registry's production model, or the rule-based baseline.
+"""Which signal source trades: a plugin strategy, the registry's production model, or the
+rule-based baseline.
 
-One decision for every front door (``run``/``backtest`` and the ai-engine service). Loading
-raises ``ArtifactTampered`` (a ``ValueError``) rather than trade on a modified artifact.
+One decision for every front door (``run``/``backtest``/``lookahead`` and the ai-engine
+service). Loading raises ``ArtifactTampered`` (a ``ValueError``) rather than trade on a
+modified artifact, and ``StrategyLoadError`` (a ``ValueError``) for a plugin that cannot be
+found or made with its parameters.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from quantum_trader.ai.registry import ModelRegistry
 from quantum_trader.ai.settings import AISettings
 from quantum_trader.ai.signals import ModelSignalSource
 from quantum_trader.config import Settings
 from quantum_trader.domain.strategy import SignalSource
+
+if TYPE_CHECKING:
+    from quantum_trader.strategies.loader import LoadedStrategy
 
 
 def ai_settings(settings: Settings) -> AISettings:
@@ -33,17 +42,37 @@ class NoProductionModelConfigured(ValueError):
     """``strategy.kind: model`` with nothing promoted."""
 
 
-def choose_signal_source(settings: Settings, hot_reload: bool = False
-                         ) -> tuple[SignalSource, str]:
-    """The signal source ``strategy.kind`` asks for, and why it is that one.
+def plugin_strategy(settings: Settings, origin: str = "strategy.path",
+                    param_origin: Callable[[str], str] | None = None) -> LoadedStrategy | None:
+    """The plugin ``strategy.path`` names, its ``strategy.params`` checked; None if unset.
+    ``origin``/``param_origin`` name where the spec and values came from in its errors."""
+    s = settings.strategy
+    if not s.path:
+        return None
+    from quantum_trader.strategies.loader import load_strategy
 
-    ``auto``: the production model when the registry has one, else the EMA-cross baseline;
-    ``model``: the production model or an error; ``ema_cross``: the baseline. ``hot_reload``
-    (services) wraps the model in the ``AIEngine``, which follows promotions between bars.
+    return load_strategy(s.path, s.params, origin=origin, param_origin=param_origin)
+
+
+def choose_signal_source(settings: Settings, hot_reload: bool = False,
+                         origin: str = "strategy.path",
+                         param_origin: Callable[[str], str] | None = None
+                         ) -> tuple[SignalSource, str]:
+    """The signal source the ``strategy`` settings ask for, and why it is that one.
+
+    A plugin when ``strategy.path`` names one (see ``plugin_strategy``). Else by
+    ``strategy.kind``: ``auto``: the production model when the registry has one, else the
+    EMA-cross baseline; ``model``: the production model or an error; ``ema_cross``: the
+    baseline. ``hot_reload`` (services) wraps the model in the ``AIEngine``, which follows
+    promotions between bars.
     """
     from quantum_trader.ai.engine import AIEngine
     from quantum_trader.runtime.wiring import baseline_strategy
 
+    plugin = plugin_strategy(settings, origin, param_origin)
+    if plugin is not None:
+        return (plugin.source(settings.strategy.signal_ttl_ms),
+                f"strategy {plugin.describe()} ({origin})")
     kind = settings.strategy.kind
     if kind != "ema_cross":
         registry = registry_for(settings)

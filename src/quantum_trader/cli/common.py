@@ -150,8 +150,9 @@ def progress_bar() -> Progress:
 # --- the error boundary ---------------------------------------------------------------------------
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     """Print ``error: message`` on stderr and exit."""
-    # Escaped: a path or a value may hold brackets rich would read as markup.
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    # Escaped: a path or a value may hold brackets rich would read as markup, and colons it
+    # would read as an emoji code (``file.py:X: no such file`` is not ``file.py❌ ...``).
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, emoji=False)
     raise typer.Exit(code)
 
 

@@ -1,4 +1,9 @@
-"""``backtest``, ``run`` (embedded paper trading) and ``trades``."""
+"""``backtest``, ``run`` (embedded paper trading) and ``trades``.
+
+``backtest`` and ``run`` trade the configured signal source, or the plugin strategy that
+``--strategy`` names with ``--param`` values (docs/strategies.md): the command line replaces
+``strategy.path``, keeps ``strategy.params`` only for that same strategy, and its values win.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import shutil
 import sys
 import time
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +41,56 @@ from quantum_trader.cli.common import (
 from quantum_trader.config import Settings
 
 CHART_SUFFIXES = (".png", ".html")
+
+StrategyOpt = Annotated[str | None, typer.Option(
+    "--strategy", "-s", metavar="SPEC",
+    help="Plugin strategy: FILE.py[:Class], package.module:Class or an installed NAME "
+         "(default: strategy.path, else the configured source)")]
+ParamOpt = Annotated[list[str] | None, typer.Option(
+    "--param", "-p", metavar="NAME=VALUE",
+    help="A plugin strategy's parameter value, checked against its declared range; repeat")]
+
+
+@dataclass(frozen=True)
+class SourceChoice:
+    """The settings with the command line's strategy in them, and where each part came from
+    (for the loader's error messages)."""
+
+    settings: Settings
+    origin: str = "strategy.path"
+    param_origins: dict[str, str] = field(default_factory=dict)
+
+    def param_origin(self, name: str) -> str:
+        return self.param_origins.get(name, f"strategy.params.{name}")
+
+
+def with_strategy(cfg: Settings, strategy: str | None, params: list[str] | None
+                  ) -> SourceChoice:
+    """``cfg`` with ``--strategy``/``--param`` applied (module docstring)."""
+    if strategy is None and not params:
+        return SourceChoice(cfg)
+    if strategy is not None and not strategy.strip():
+        raise UserError("--strategy: empty; give FILE.py[:Class], package.module:Class or an "
+                        "installed strategy's name")
+    s = cfg.strategy
+    values: dict[str, Any] = dict(s.params) if strategy in (None, s.path) else {}
+    origins: dict[str, str] = {}
+    for item in params or []:
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise UserError(f"--param {item}: write NAME=VALUE, e.g. --param fast=10")
+        if name in origins:
+            raise UserError(f"--param {item}: {name} is given twice")
+        values[name], origins[name] = value, f"--param {item}"
+    path = strategy if strategy is not None else s.path
+    if not path:
+        raise UserError(f"--param {params[0] if params else ''}: there is no plugin strategy to "
+                        "set it on: name one with --strategy (or strategy.path in the config; "
+                        "the baseline's parameters are strategy.fast, strategy.slow, ...)")
+    changed = s.model_copy(update={"path": path, "params": values, "kind": "auto"})
+    return SourceChoice(cfg.model_copy(update={"strategy": changed}),
+                        "--strategy" if strategy is not None else "strategy.path", origins)
 
 
 TimeRangeOpt = Annotated[str | None, typer.Option(
@@ -82,14 +138,33 @@ def configured_specs(cfg: Settings) -> list[str]:
     return [cfg.data.source]
 
 
-def signal_source(cfg: Settings, quiet: bool = False) -> Any:
-    """The configured signal source; says which on stderr."""
+def choose_source(choice: SourceChoice) -> tuple[Any, str]:
+    """The chosen signal source and why it is that one."""
     from quantum_trader.ai.production import choose_signal_source
 
-    source, why = choose_signal_source(cfg)
+    return choose_signal_source(choice.settings, origin=choice.origin,
+                                param_origin=choice.param_origin)
+
+
+def say_source(why: str) -> None:
+    err.print(f"signal source: {escape(why)}", soft_wrap=True, emoji=False)
+
+
+def signal_source(choice: SourceChoice, quiet: bool = False) -> Any:
+    """The chosen signal source; says which on stderr."""
+    source, why = choose_source(choice)
     if not quiet:
-        err.print(f"signal source: {why}")
+        say_source(why)
     return source
+
+
+def note_low_confidence(cfg: Settings, signals: int, rejections: dict[str, int]) -> None:
+    """The gate's confidence floor is the rule a new strategy most often trips on: say so."""
+    low = rejections.get("LOW_CONFIDENCE", 0)
+    if low:
+        err.print(f"[yellow]note:[/] {low:,} of {signals:,} signals were rejected with "
+                  f"LOW_CONFIDENCE: their confidence was below risk.min_confidence "
+                  f"({cfg.risk.min_confidence:g}); see docs/strategies.md", soft_wrap=True)
 
 
 def trade_dict(t: Any) -> dict[str, Any]:
@@ -111,6 +186,8 @@ def backtest(
              "has equity.png (without --json)")] = None,
     as_json: JsonOpt = False,
     trades_shown: Annotated[int, typer.Option("--trades", min=0, help="Trades to list")] = 20,
+    strategy: StrategyOpt = None,
+    param: ParamOpt = None,
     html_report: Annotated[bool | None, typer.Option(
         "--report/--no-report", help="The interactive HTML report in the run's directory "
                                      "(default: yes, but not with --json)",
@@ -121,7 +198,8 @@ def backtest(
     from quantum_trader.cli.reports import save_run
     from quantum_trader.runtime.backtest import run_backtest
 
-    cfg = settings(config)
+    choice = with_strategy(settings(config), strategy, param)
+    cfg = choice.settings
     if chart is not None:
         check_writable_file(chart, "--chart", CHART_SUFFIXES)
     check_writable_dir(cfg.paths.reports_dir, "reports directory (paths.reports_dir)")
@@ -129,7 +207,7 @@ def backtest(
     series = load_series(specs, timeframe, timerange)
     name = "-".join(s.symbol for s in series)
     total = sum(len(s) for s in series)
-    source = signal_source(cfg, quiet=as_json)
+    source = signal_source(choice, quiet=as_json)
     if as_json:
         result = run_backtest(series, cfg, source)
     else:
@@ -155,6 +233,7 @@ def backtest(
     if result.rejections:
         console.print("Risk rejections: " + ", ".join(
             f"{k}={v}" for k, v in sorted(result.rejections.items())))
+    note_low_confidence(cfg, result.signals, result.rejections)
     for when, what in changes:
         err.print(f"[yellow]trading {escape(what)}[/] at {fmt_ts(when)}: the risk gate "
                   "refused new entries from then on (the chart marks it; the limits are "
@@ -197,6 +276,8 @@ def run(
         "--fresh", help="Start a new account: the old store is moved to <state_dir>/backups "
                         "first (asks, unless --yes)")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask before --fresh")] = False,
+    strategy: StrategyOpt = None,
+    param: ParamOpt = None,
 ) -> None:
     """Paper trading on real historical bars, embedded: one process, in-memory bus, SQLite.
     Re-running on the same data resumes where the last run stopped."""
@@ -211,7 +292,8 @@ def run(
 
     if speed is not None and speed <= 0:
         raise UserError(f"--speed {speed:g}: must be more than 0 bars per second")
-    cfg = settings(config, state_overrides(state_dir))
+    choice = with_strategy(settings(config, state_overrides(state_dir)), strategy, param)
+    cfg = choice.settings
     state = cfg.paths.state_dir
     check_writable_dir(state, "state directory" if state_dir is None else "--state-dir")
     db = cfg.sqlite_path()
@@ -227,6 +309,7 @@ def run(
                             "confirm with --yes")
         typer.confirm(f"Set the account in {db} aside (kept in backups/) and start a new "
                       "one?", abort=True)
+    source, why = choose_source(choice)  # before the store exists: a bad one writes nothing
     with _one_run(state):
         if fresh and db is not None and (moved := _set_aside(db)) is not None:
             err.print(f"previous store moved to {moved}")
@@ -238,7 +321,7 @@ def run(
             try:
                 # Before anything is said or written: is this store this data's?
                 check_identity(await stored_identity(store), identity)
-                source = signal_source(cfg)
+                say_source(why)
                 with progress_bar() as prog:
                     task = prog.add_task("paper trading", total=None, rate="")
                     summary = await run_paper(cfg, series, store, source,
@@ -278,6 +361,7 @@ def run(
         f"{k}={v}" for k, v in sorted(summary.rejections.items())) or "none")
     table.add_row("rows in store", ", ".join(f"{k}={v}" for k, v in counts.items()))
     console.print(table)
+    note_low_confidence(cfg, summary.signals, summary.rejections)
     if summary.trading_state != "ACTIVE":
         err.print(f"[yellow]trading is {summary.trading_state}[/]: the risk gate refuses new "
                   "entries in this account. `quantum-trader state` says why; `quantum-trader "

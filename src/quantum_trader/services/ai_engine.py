@@ -1,5 +1,11 @@
 """ai-engine: bars in, signals out. It never calls risk-safety: when risk-safety is down it
-says DEGRADED (naming it) and keeps publishing; stale signals die at the gate."""
+says DEGRADED (naming it) and keeps publishing; stale signals die at the gate.
+
+Its source is the one ``choose_signal_source`` picks (a plugin from ``strategy.path``, the
+production model, or the baseline). A plugin strategy that is refused (it raised, or returned
+something that is not a signal: ``StrategyError``) publishes nothing more: the service says
+DEGRADED with the refusal and keeps acking bars, so no entry is made on a broken strategy and
+the bus does not dead-letter every bar after it."""
 
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from quantum_trader.observability.metrics import (
 from quantum_trader.services.base import Service
 from quantum_trader.services.messages import bar_from
 from quantum_trader.store.protocol import TradeStore
+from quantum_trader.strategies.adapter import StrategyError
 
 
 class GenerateSignalRequest(BaseModel):
@@ -48,6 +55,7 @@ class AIEngineService(Service):
         self.source = source
         self.last_bar: dict[str, Bar] = {}
         self.last_signal: dict[str, Signal] = {}
+        self.refused: StrategyError | None = None
         self.health.add("model", self._check_model, critical=False)
         self.consume("market.bars", self.on_bar)
 
@@ -68,11 +76,24 @@ class AIEngineService(Service):
             return
         n = int((series.ts <= last).sum())
         for bar in series.slice(0, n):
-            self.source.on_bar(bar)
+            self._ask(bar)
             self.last_bar[bar.symbol] = bar
 
     async def _check_model(self) -> str | None:
+        if self.refused is not None:
+            return f"signal source refused: {self.refused}"
         return None if self.source is not None else "no signal source loaded"
+
+    def _ask(self, bar: Bar) -> Signal | None:
+        """The source's signal for ``bar``; nothing ever again once it has been refused."""
+        if self.refused is not None:
+            return None
+        try:
+            return self.source.on_bar(bar)
+        except StrategyError as exc:
+            self.refused = exc
+            self.log.error("strategy.refused", source=self.source.name, reason=str(exc))
+            return None
 
     async def on_bar(self, msg: Message) -> None:
         bar = bar_from(msg)
@@ -80,7 +101,7 @@ class AIEngineService(Service):
         if last is not None and bar.ts <= last.ts:
             return  # a redelivered bar: the source has seen it (idempotent on the bar)
         t0 = time.perf_counter()
-        signal = self.source.on_bar(bar)
+        signal = self._ask(bar)
         MODEL_INFERENCE_SECONDS.observe(time.perf_counter() - t0)
         accuracy = getattr(self.source, "model_accuracy", None)
         if callable(accuracy):
