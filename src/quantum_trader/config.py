@@ -29,6 +29,7 @@ import copy
 import difflib
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
@@ -50,6 +51,7 @@ from pydantic import (
 
 from quantum_trader.ai.settings import AISettings
 from quantum_trader.domain.exits import ExitSettings
+from quantum_trader.domain.instruments import Instrument
 from quantum_trader.domain.models import TIMEFRAME_MS
 from quantum_trader.domain.risk.limits import RiskLimits
 from quantum_trader.exchange.simulated import SimExchangeSettings
@@ -299,6 +301,18 @@ class SecretsSection(_Section):
     approval_hmac_key: SecretStr | None = None
 
 
+class InstrumentSection(_Section):
+    """A symbol's exchange filters (Binance's exchangeInfo: PRICE_FILTER tickSize,
+    LOT_SIZE stepSize/minQty, MIN_NOTIONAL), for symbols the defaults do not know."""
+
+    tick_size: float = Field(gt=0)
+    step_size: float = Field(gt=0)
+    min_qty: float = Field(gt=0)
+    min_notional: float = Field(5.0, ge=0)
+    max_leverage: float = Field(20.0, gt=0, le=125)
+    maintenance_margin_rate: float = Field(0.005, gt=0, lt=1)
+
+
 class Settings(_Section):
     initial_balance: float = Field(10_000.0, gt=0)
     leverage: float = Field(3.0, ge=1, le=125)
@@ -314,6 +328,32 @@ class Settings(_Section):
     notify: NotifySection = NotifySection()
     secrets: SecretsSection = SecretsSection()
     security: SecuritySection = SecuritySection()
+    # Exchange filters by symbol, over the built-in ones (see InstrumentSection).
+    instruments: dict[str, InstrumentSection] = {}
+
+    @field_validator("instruments")
+    @classmethod
+    def _instrument_symbols(cls, v: dict[str, InstrumentSection]
+                            ) -> dict[str, InstrumentSection]:
+        bad = [k for k in v if not k.isalnum() or k != k.upper()]
+        if bad:
+            raise ValueError(f"not a symbol: {', '.join(bad)} (write them as BTCUSDT)")
+        return v
+
+    def instrument_lookup(self) -> Callable[[str], Instrument]:
+        """The filters of a symbol: the config's ``instruments``, else the built-in ones,
+        else generic ones."""
+        from quantum_trader.domain.instruments import instrument_for
+
+        configured = {sym: Instrument(sym, **spec.model_dump())
+                      for sym, spec in self.instruments.items()}
+        if not configured:
+            return instrument_for
+
+        def lookup(symbol: str) -> Instrument:
+            return configured.get(symbol) or instrument_for(symbol)
+
+        return lookup
 
     def exchange_settings(self) -> SimExchangeSettings:
         x = self.exchange

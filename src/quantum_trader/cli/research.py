@@ -87,7 +87,7 @@ def train(
     check_writable_dir(cfg.paths.registry_dir, "model registry (paths.registry_dir)")
     specs = data or configured_specs(cfg)
     tf = timeframe or (None if data else cfg.data.timeframe)
-    pool = load_series(specs, tf, timerange)
+    pool = load_series(specs, tf, timerange, cfg)
     if len({s.timeframe for s in pool}) > 1:
         raise UserError("--data: a pooled model learns from one timeframe, got "
                         + ", ".join(f"{spec} ({s.timeframe})"

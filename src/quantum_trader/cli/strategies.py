@@ -23,7 +23,13 @@ from quantum_trader.cli.common import (
     settings,
     stdout_json,
 )
-from quantum_trader.cli.trading import ParamOpt, StrategyOpt, load_series, with_strategy
+from quantum_trader.cli.trading import (
+    ParamOpt,
+    StrategyOpt,
+    configured_specs,
+    load_series,
+    with_strategy,
+)
 from quantum_trader.domain.strategy import SignalSource
 
 
@@ -47,8 +53,8 @@ def lookahead(
 
     choice = with_strategy(settings(config), strategy, param)
     cfg = choice.settings
-    specs = data or [cfg.data.source]
-    series = load_series(specs, timeframe)
+    specs = data or configured_specs(cfg)
+    series = load_series(specs, timeframe, cfg=cfg)
     plugin = plugin_strategy(cfg, choice.origin, choice.param_origin)
     if plugin is not None:
         ttl = cfg.strategy.signal_ttl_ms

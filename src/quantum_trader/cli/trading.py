@@ -100,7 +100,7 @@ TimeRangeOpt = Annotated[str | None, typer.Option(
 
 
 def load_series(specs: list[str], timeframe: str | None,
-                timerange: str | None = None) -> list[Any]:
+                timerange: str | None = None, cfg: Settings | None = None) -> list[Any]:
     """The bars of every ``--data`` (within ``timerange``); a symbol we know no exchange
     filters for is named, since its sizes and prices are then rounded to generic steps."""
     from quantum_trader.domain.instruments import DEFAULT_INSTRUMENTS, Instrument
@@ -119,12 +119,14 @@ def load_series(specs: list[str], timeframe: str | None,
                                 f"has {have})")
         series = chosen
     for spec, s in zip(specs, series, strict=True):
-        if s.symbol not in DEFAULT_INSTRUMENTS:
+        if s.symbol not in DEFAULT_INSTRUMENTS and (cfg is None or s.symbol not in
+                                                    cfg.instruments):
             g = Instrument(s.symbol)
             err.print(f"[yellow]note:[/] {escape(spec)}: no exchange filters known for "
                       f"{escape(s.symbol)}; using generic ones (tick {g.tick_size:g}, step "
                       f"{g.step_size:g}, min notional {g.min_notional:g}). If the bars are "
-                      f"another symbol's, say which: {escape(spec)}@SYMBOL", soft_wrap=True)
+                      f"another symbol's, say which: {escape(spec)}@SYMBOL; else give its "
+                      f"filters under instruments: in the config", soft_wrap=True)
     return series
 
 
@@ -204,7 +206,7 @@ def backtest(
         check_writable_file(chart, "--chart", CHART_SUFFIXES)
     check_writable_dir(cfg.paths.reports_dir, "reports directory (paths.reports_dir)")
     specs = data or configured_specs(cfg)
-    series = load_series(specs, timeframe, timerange)
+    series = load_series(specs, timeframe, timerange, cfg)
     name = "-".join(s.symbol for s in series)
     total = sum(len(s) for s in series)
     source = signal_source(choice, quiet=as_json)
@@ -301,7 +303,7 @@ def run(
         raise UserError("--fresh resets only the embedded SQLite store; this config uses "
                         "store.url (drop that database yourself, or unset store.url)")
     specs = data or configured_specs(cfg)
-    series = load_series(specs, None)
+    series = load_series(specs, None, cfg=cfg)
     identity = RunIdentity.of(specs, series)
     if fresh and db is not None and db.exists() and not yes:
         if not sys.stdin.isatty():

@@ -25,6 +25,7 @@ from quantum_trader.domain.execution import (
     NullJournal,
 )
 from quantum_trader.domain.exits import ExitActions, ExitBrain
+from quantum_trader.domain.instruments import Instrument, instrument_for
 from quantum_trader.domain.models import Bar, OrderIntent, RiskDecision, Signal
 from quantum_trader.domain.orders import Order, client_order_id_for
 from quantum_trader.domain.portfolio import Portfolio
@@ -41,7 +42,8 @@ __all__ = ["EXIT_REASONS", "STOP_OUTS", "Journal", "ListJournal", "NullJournal",
 class TradingNode:
     def __init__(self, source: SignalSource, risk: RiskEngine, exits: ExitBrain,
                  exchange: SimulatedExchange, portfolio: Portfolio,
-                 journal: Journal | None = None, name: str = "embedded") -> None:
+                 journal: Journal | None = None, name: str = "embedded",
+                 instruments: Callable[[str], Instrument] = instrument_for) -> None:
         self.name = name
         self.source = source
         self.risk = risk
@@ -49,7 +51,8 @@ class TradingNode:
         self.exchange = exchange
         self.portfolio = portfolio
         self.journal: Journal = journal or NullJournal()
-        self.engine = ExecutionEngine(portfolio, self.journal, risk.limits.order_leverage)
+        self.engine = ExecutionEngine(portfolio, self.journal, risk.limits.order_leverage,
+                                      instruments)
         self._funding_seen = 0
         self.bars_seen = 0
         self.signals_seen = 0

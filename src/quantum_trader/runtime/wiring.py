@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from quantum_trader.config import Settings
 from quantum_trader.domain.exits import ExitBrain
-from quantum_trader.domain.instruments import instrument_for
 from quantum_trader.domain.portfolio import Portfolio
 from quantum_trader.domain.risk.engine import RiskEngine
 from quantum_trader.domain.strategy import EmaCrossStrategy, SignalSource
@@ -23,9 +22,11 @@ def build_node(settings: Settings, source: SignalSource | None = None,
                journal: Journal | None = None, name: str = "embedded") -> TradingNode:
     limits = settings.risk.limits()
     exits = settings.exits.settings()
-    risk = RiskEngine(limits, instrument_for, exit_rr=exits.take_profit_rr or 2.0,
+    instruments = settings.instrument_lookup()
+    risk = RiskEngine(limits, instruments, exit_rr=exits.take_profit_rr or 2.0,
                       intent_ttl_ms=exits.intent_ttl_ms)
-    exchange = SimulatedExchange(settings.exchange_settings(), instrument_for)
+    exchange = SimulatedExchange(settings.exchange_settings(), instruments)
     portfolio = Portfolio(settings.initial_balance)
-    return TradingNode(source or baseline_strategy(settings), risk, ExitBrain(exits), exchange,
-                       portfolio, journal, name)
+    return TradingNode(source or baseline_strategy(settings), risk,
+                       ExitBrain(exits, instruments), exchange, portfolio, journal, name,
+                       instruments)

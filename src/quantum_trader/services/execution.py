@@ -59,7 +59,6 @@ from quantum_trader.domain.execution import (
     ExecutionEngine,
     ListJournal,
 )
-from quantum_trader.domain.instruments import instrument_for
 from quantum_trader.domain.models import Fill, FundingPayment, OrderIntent
 from quantum_trader.domain.orders import Order, client_order_id_for
 from quantum_trader.domain.portfolio import Portfolio
@@ -110,7 +109,8 @@ _RECENT_INTENTS = 500
 def venue_driver_for(settings: Settings, service: str) -> VenueDriver:
     """The configured venue: the in-process simulated exchange, or a real one through ccxt."""
     if settings.exchange.kind == "simulated":
-        return SimulatedVenue(SimulatedExchange(settings.exchange_settings(), instrument_for))
+        return SimulatedVenue(SimulatedExchange(settings.exchange_settings(),
+                                                settings.instrument_lookup()))
     from quantum_trader.exchange.ccxt_binance import venue_for
     from quantum_trader.exchange.drivers import LiveVenue
 
@@ -132,8 +132,9 @@ class ExecutionService(Service):
         self.key = key
         self.journal = ListJournal()
         self.portfolio = Portfolio(settings.initial_balance)
+        self.instrument = settings.instrument_lookup()
         self.engine = ExecutionEngine(self.portfolio, self.journal,
-                                      settings.risk.order_leverage)
+                                      settings.risk.order_leverage, self.instrument)
         self.driver = driver if driver is not None else venue_driver_for(settings, self.name)
         self.driver.breaker.on_state = self._on_breaker
         self.last_bar_ts: dict[str, int] = {}
@@ -676,7 +677,7 @@ class ExecutionService(Service):
 
     async def _place_guard(self, symbol: str) -> None:
         pos = self.portfolio.positions[symbol]
-        inst = instrument_for(symbol)
+        inst = self.instrument(symbol)
         closing = Side.SELL if pos.qty > 0 else Side.BUY
         level = self._stop_level(symbol)
         last = self.last_prices.get(symbol, pos.last_price)
@@ -702,7 +703,7 @@ class ExecutionService(Service):
     def _stop_level(self, symbol: str) -> float:
         pos = self.portfolio.positions[symbol]
         long = pos.qty > 0
-        inst = instrument_for(symbol)
+        inst = self.instrument(symbol)
         for intent in reversed(list(self.engine.entries.values())):
             if intent.symbol == symbol and intent.stop_loss and \
                     (intent.side is Side.BUY) == long:
@@ -718,7 +719,7 @@ class ExecutionService(Service):
         pos = self.portfolio.positions.get(symbol)
         if pos is None or not pos.is_open or self.engine.closing(symbol):
             return
-        inst = instrument_for(symbol)
+        inst = self.instrument(symbol)
         intent = OrderIntent(
             id=intent_id, symbol=symbol, side=Side.SELL if pos.qty > 0 else Side.BUY,
             quantity=inst.round_qty_down(abs(pos.qty)), order_type=OrderType.MARKET,

@@ -41,7 +41,7 @@ class ExitBrainService(Service):
 
     def __init__(self, settings: Settings, bus: Bus, store: TradeStore | None) -> None:
         super().__init__(settings, bus, store)
-        self.brain = ExitBrain(settings.exits.settings())
+        self.brain = ExitBrain(settings.exits.settings(), settings.instrument_lookup())
         self.positions: dict[str, Position] = {}
         self.last_bar_ts: dict[str, int] = {}
         self.view_ts = -1  # market time execution has matched up to (from account updates)

@@ -9,7 +9,6 @@ from quantum_trader.bus.codec import from_payload, to_payload
 from quantum_trader.bus.protocol import Bus, MalformedMessage, Message
 from quantum_trader.config import Settings
 from quantum_trader.domain.enums import TradingState
-from quantum_trader.domain.instruments import instrument_for
 from quantum_trader.domain.models import OrderIntent, RiskDecision, Signal
 from quantum_trader.domain.portfolio import Portfolio
 from quantum_trader.domain.records import AccountSnapshot
@@ -41,7 +40,7 @@ class RiskSafetyService(Service):
                              "QTRADER_SECRETS__APPROVAL_HMAC_KEY_FILE")
         self.key = key
         exits = settings.exits.settings()
-        self.engine = RiskEngine(settings.risk.limits(), instrument_for,
+        self.engine = RiskEngine(settings.risk.limits(), settings.instrument_lookup(),
                                  exit_rr=exits.take_profit_rr or 2.0,
                                  intent_ttl_ms=exits.intent_ttl_ms)
         self.portfolio = Portfolio(settings.initial_balance)
