@@ -70,3 +70,34 @@ def test_a_symbol_without_known_filters_is_named_on_stderr(tmp_path: Path) -> No
                           capture_output=True, text=True, timeout=300, env=env)
     assert told.returncode == 0, told.stderr
     assert "no exchange filters" not in told.stderr
+
+
+def test_freqtrade_feather_and_json_files_read_as_their_bars_and_symbol(tmp_path: Path) -> None:
+    """Freqtrade writes feather (``date`` as UTC datetimes) by default, json (rows of
+    ``[ms, o, h, l, c, v]``, optionally gzipped) on request: both read as the same bars."""
+    import gzip
+    import json
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    s = load_sample("XRP").slice(0, 2000)
+    frame = pd.DataFrame({"date": pd.to_datetime(s.ts, unit="ms", utc=True), "open": s.open,
+                          "high": s.high, "low": s.low, "close": s.close, "volume": s.volume})
+    feather.write_feather(pa.Table.from_pandas(frame, preserve_index=False),
+                          tmp_path / "XRP_USDT_USDT-30m-futures.feather")
+    rows = [[int(t), o, h, lo, c, v] for t, o, h, lo, c, v in
+            zip(s.ts, s.open, s.high, s.low, s.close, s.volume, strict=True)]
+    (tmp_path / "XRP_USDT_USDT-30m-futures.json").write_text(json.dumps(rows))
+    (tmp_path / "XRP_USDT-30m.json.gz").write_bytes(gzip.compress(json.dumps(rows).encode()))
+    for name in ("XRP_USDT_USDT-30m-futures.feather", "XRP_USDT_USDT-30m-futures.json",
+                 "XRP_USDT-30m.json.gz"):
+        got = resolve_source(str(tmp_path / name))
+        assert got.symbol == "XRPUSDT", name
+        assert got.timeframe == "30m"
+        assert got.ts.tolist() == s.ts.tolist(), name
+        assert np.array_equal(got.close, s.close), name
+    (tmp_path / "bad.json").write_text("[[1, 2, 3]]")
+    with pytest.raises(ValueError, match=r"bad\.json: JSON rows must be \[time, open"):
+        resolve_source(str(tmp_path / "bad.json"))

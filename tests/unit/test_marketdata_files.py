@@ -233,7 +233,12 @@ def test_bad_parquet_row_is_numbered_from_one(tmp_path: Path) -> None:
     ("header.csv", HEADER + "\n", "no data rows"),
     ("ragged.csv", f"{HEADER}\n{GOOD_ROWS[0]},7,8\n", "row 2 has more fields than the header"),
     ("ragged2.csv", f"{HEADER}\n{GOOD_ROWS[0]}\n{GOOD_ROWS[1]},7\n", "Expected 6 fields in line 3"),
-    ("data.json", "{}", "unknown file type"),
+    ("data.xlsx", "{}", "unknown file type"),
+    ("data.json", "{}", "not a JSON klines file: expected a list of rows"),
+    ("rows.json", "[[1, 2]]", r"JSON rows must be \[time, open, high, low, close, volume\]"),
+    ("mixed.json", '[[1, 2, 3, 4, 5, 6], {"a": 1}]', "rows must all be lists or all be objects"),
+    ("broken.json", "[[1, 2", "not a JSON klines file"),
+    ("junk.feather", "not arrow", "cannot read feather file"),
     ("junk.parquet", "not parquet", "cannot read parquet file"),
 ])
 def test_unreadable_files(tmp_path: Path, name: str, content: str, fragment: str) -> None:

@@ -1,4 +1,5 @@
-"""Import and export OHLCV files (CSV or parquet) as ``BarSeries``.
+"""Import and export OHLCV files (CSV or parquet; Freqtrade's feather and json too) as
+``BarSeries``.
 
 Accepted input: a time column named ``timestamp``, ``open_time``, ``date``, ``datetime`` or
 ``time`` (case-insensitive) holding epoch seconds / milliseconds (micro- and nanoseconds too, told
@@ -154,9 +155,58 @@ def _read(path: Path) -> _Raw:
         raise DataError(f"{shown}: no such file", path=shown)
     if name.endswith((".parquet", ".pq")):
         return _read_parquet(path)
+    if name.endswith(".feather"):
+        return _read_feather(path)
+    if name.endswith((".json", ".json.gz", ".jsongz")):
+        return _read_json(path)
     if ".csv" in name or name.endswith(".txt"):
         return _read_csv(path)
-    raise DataError(f"{shown}: unknown file type; use .csv or .parquet", path=shown)
+    raise DataError(f"{shown}: unknown file type; use .csv, .parquet, .feather or .json",
+                    path=shown)
+
+
+def _read_feather(path: Path) -> _Raw:
+    """Freqtrade's default format (``date`` as UTC datetimes, open, high, low, close,
+    volume), or any Arrow IPC file with such columns."""
+    import pyarrow.feather as feather
+
+    shown = str(path)
+    try:
+        table = feather.read_table(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+        raise DataError(f"{shown}: cannot read feather file: {exc}", path=shown) from None
+    return _Raw(shown, table.to_pandas(), 1, dict(table.schema.metadata or {}))
+
+
+def _read_json(path: Path) -> _Raw:
+    """Freqtrade's json format: ``[[time ms, open, high, low, close, volume], ...]`` (also
+    gzipped), or a list of objects with named columns."""
+    import gzip
+    import json
+
+    shown = str(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        rows = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{shown}: not a JSON klines file: {exc}", path=shown) from None
+    if not isinstance(rows, list):
+        raise DataError(f"{shown}: not a JSON klines file: expected a list of rows",
+                        path=shown)
+    if rows and all(isinstance(r, list) for r in rows):
+        width = {len(r) for r in rows}
+        if width != {6}:
+            raise DataError(f"{shown}: JSON rows must be [time, open, high, low, close, "
+                            f"volume], got rows of {sorted(width)} values", path=shown)
+        frame = pd.DataFrame(rows, columns=["timestamp", *VALUE_COLUMNS])
+    elif all(isinstance(r, dict) for r in rows):
+        frame = pd.DataFrame(rows)
+    else:
+        raise DataError(f"{shown}: not a JSON klines file: rows must all be lists or all be "
+                        "objects", path=shown)
+    return _Raw(shown, frame, 1, {})
 
 
 def _read_csv(path: Path) -> _Raw:

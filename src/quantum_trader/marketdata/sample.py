@@ -101,7 +101,8 @@ def specs_for_symbols(symbols: tuple[str, ...], directory: Path, timeframe: str)
     (``<SYMBOL>-<timeframe>.parquet|csv|feather``), else the shipped sample of its asset."""
     specs = []
     for sym in symbols:
-        files = [directory / f"{sym}-{timeframe}.{ext}" for ext in ("parquet", "csv", "feather")]
+        files = [directory / f"{sym}-{timeframe}.{ext}"
+                 for ext in ("parquet", "csv", "feather", "json")]
         found = next((f for f in files if f.is_file()), None)
         base = sym[:-4] if sym.endswith("USDT") else sym
         if found is not None:
