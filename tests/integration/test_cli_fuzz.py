@@ -156,6 +156,7 @@ ROWS: dict[str, list[tuple[list[str], str]]] = {
         (["--data", "bars.csv", "--timeframe", "5m"], "5m"),
         (["--config", "registry-file.yaml"], "afile"),
         (["--data", "sample:XRP", "--data", "sample:XRP"], "XRPUSDT"),
+        (["--per-symbol", "yes"], "yes"),
         (["--timerange", "x-y"], "--timerange"),
         (["--timerange", "-20000101"], "-20000101"),
         *CONFIG_ROWS,

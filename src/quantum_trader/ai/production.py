@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from quantum_trader.ai.per_symbol import per_symbol_production
 from quantum_trader.ai.registry import ModelRegistry
 from quantum_trader.ai.settings import AISettings
 from quantum_trader.ai.signals import ModelSignalSource
@@ -61,7 +62,8 @@ def choose_signal_source(settings: Settings, hot_reload: bool = False,
     """The signal source the ``strategy`` settings ask for, and why it is that one.
 
     A plugin when ``strategy.path`` names one (see ``plugin_strategy``). Else by
-    ``strategy.kind``: ``auto``: the production model when the registry has one, else the
+    ``strategy.kind``: ``auto``: the production model when the registry has one (else the
+    per-symbol ones, ``<model>-<SYMBOL>``, the baseline for other symbols), else the
     EMA-cross baseline; ``model``: the production model or an error; ``ema_cross``: the
     baseline. ``hot_reload`` (services) wraps the model in the ``AIEngine``, which follows
     promotions between bars.
@@ -83,6 +85,19 @@ def choose_signal_source(settings: Settings, hot_reload: bool = False,
                 return engine, f"production model {name}@{engine.version} (hot reload)"
             source = ModelSignalSource(registry.load(name))
             return source, f"production model {source.name}"
+        per_symbol = per_symbol_production(registry, name)
+        if per_symbol:
+            from quantum_trader.ai.per_symbol import PerSymbolSignalSource, per_symbol_name
+
+            models = {sym: ModelSignalSource(registry.load(per_symbol_name(name, sym)))
+                      for sym in per_symbol}
+            fallback = baseline_strategy(settings) if kind == "auto" else None
+            others = f"other symbols: {fallback.name}" if fallback is not None else \
+                "other symbols: no signals"
+            return (PerSymbolSignalSource(models, fallback),
+                    "per-symbol production models " + ", ".join(
+                        f"{per_symbol_name(name, s)}@{v}" for s, v in per_symbol.items())
+                    + f" ({others})")
         if kind == "model":
             raise NoProductionModelConfigured(
                 "strategy.kind is 'model' but the registry has no production model: run "

@@ -76,8 +76,12 @@ def train(
     promote: Annotated[bool, typer.Option("--promote", help="Promote to production if it "
                                           "passes the promotion gate")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON")] = False,
+    per_symbol: Annotated[bool, typer.Option(
+        "--per-symbol", help="One model per symbol, named <model>-<SYMBOL> (default with "
+                             "several --data: one model pooled over them)")] = False,
 ) -> None:
-    """Walk-forward train a model, check it for leakage, and store it in the registry."""
+    """Walk-forward train a model, check it for leakage, and store it in the registry.
+    Several symbols pool into one model, or with --per-symbol train one each."""
     from quantum_trader.ai.registry import PromotionRefused
     from quantum_trader.ai.training import train as train_model
 
@@ -100,6 +104,9 @@ def train(
         f"{len(pool)} symbols pooled ({', '.join(s.symbol for s in pool)})"
     err.print(f"training [bold]{ai.model_name}[/] ({ai.model.kind}) on {what} "
               f"{pool[0].timeframe}: {sum(len(s) for s in pool):,} bars → {registry.root}")
+    if per_symbol:
+        _train_per_symbol(pool, cfg, ai, registry, promote, as_json)
+        return
     series = pool[0] if len(pool) == 1 else pool
     report = train_model(series, cfg, ai, registry,
                          progress=lambda msg: err.print(f"[dim]  {msg}[/]"))
@@ -116,6 +123,52 @@ def train(
             err.print(f"[bold yellow]not promoted:[/] {exc}")
             raise typer.Exit(EXIT_NO) from None
         err.print(f"[bold green]promoted[/] {ai.model_name}@{report.version} to production")
+
+
+def _train_per_symbol(pool: list[Any], cfg: Settings, ai: Any, registry: Any, promote: bool,
+                      as_json: bool) -> None:
+    """``train --per-symbol``: each symbol's own model, ``<model>-<SYMBOL>``; a table of
+    them (or their manifests); with ``--promote`` each goes through the gate on its own."""
+    from quantum_trader.ai.per_symbol import per_symbol_name
+    from quantum_trader.ai.registry import PromotionRefused
+    from quantum_trader.ai.training import train as train_model
+
+    reports = []
+    for s in pool:
+        one = ai.model_copy(update={"model_name": per_symbol_name(ai.model_name, s.symbol)})
+        err.print(f"[bold]{one.model_name}[/]: {len(s):,} bars")
+        reports.append((one, train_model(s, cfg, one, registry,
+                                         progress=lambda msg: err.print(f"[dim]  {msg}[/]"))))
+    refused: list[str] = []
+    promoted: list[str] = []
+    if promote:
+        for one, report in reports:
+            try:
+                registry.promote(report.version, one.model_name)
+                promoted.append(f"{one.model_name}@{report.version}")
+            except PromotionRefused as exc:
+                refused.append(f"{one.model_name}@{report.version}: {exc}")
+    if as_json:
+        stdout_json(json.dumps([r.manifest for _one, r in reports], indent=2))
+    else:
+        table = FittedTable([FitColumn("model"), FitColumn("version"), FitColumn("AUC", "right"),
+                             FitColumn("model ret", "right"), FitColumn("B&H ret", "right"),
+                             FitColumn("gate", wrap=True)], title="One model per symbol")
+        for one, r in reports:
+            auc = r.walkforward.overall["model"].get("auc")
+            bt = r.walkforward.backtests
+            table.add_row(one.model_name, r.version, "-" if auc is None else f"{auc:.4f}",
+                          f"{bt['model'].total_return:+.2%}" if "model" in bt else "-",
+                          f"{bt['buy_and_hold'].total_return:+.2%}"
+                          if "buy_and_hold" in bt else "-",
+                          "would pass" if not r.gate else "; ".join(r.gate))
+        console.print(table)
+    for line in promoted:
+        err.print(f"[bold green]promoted[/] {line} to production")
+    for line in refused:
+        err.print(f"[bold yellow]not promoted:[/] {line}")
+    if refused:
+        raise typer.Exit(EXIT_NO)
 
 
 @models_app.command("list")
