@@ -23,7 +23,13 @@ from quantum_trader.ai.labels import cost_threshold, make_labels
 from quantum_trader.ai.models import make_model
 from quantum_trader.ai.registry import ModelRegistry, gate_reasons
 from quantum_trader.ai.settings import AISettings
-from quantum_trader.ai.walkforward import BASELINES, WalkForwardResult, make_splits, walk_forward
+from quantum_trader.ai.walkforward import (
+    BASELINES,
+    LIMITED,
+    WalkForwardResult,
+    make_splits,
+    walk_forward,
+)
 from quantum_trader.config import Settings
 from quantum_trader.marketdata.series import BarSeries
 
@@ -194,7 +200,7 @@ class TrainingReport:
             FitColumn("Sharpe", "right"), FitColumn("max DD", "right"),
             FitColumn("trades", "right", priority=1),
         ], title="overall (all test folds) vs baselines")
-        for key in ("model", *BASELINES):
+        for key in ("model", LIMITED, *BASELINES):
             cm = wf.overall.get(key, {})
             bt = wf.backtests.get(key)
             overall.add_row(key, _f(cm.get("auc")), _f(cm.get("accuracy")),

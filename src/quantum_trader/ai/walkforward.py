@@ -2,6 +2,10 @@
 backtests of the model next to baselines (buy-and-hold, flat, the rule-based strategy, and the
 same model trained on shuffled labels).
 
+Fold backtests run without the drawdown halt and the daily loss limit (``without_halt``): a
+halt inside a fold censors its losses and not its gains. The model under the configured
+limits is reported beside it (``model_risk_limits``).
+
 Splits: bars ``[min_train_bars, n)`` are cut into ``folds`` contiguous test folds. A fold trains
 on the bars before it (all of them when ``expanding``; the last ``train_bars`` when
 ``rolling``), minus
@@ -32,6 +36,17 @@ IntArray = npt.NDArray[np.int64]
 Progress = Callable[[str], None]
 
 BASELINES = ("buy_and_hold", "flat", "rule_based", "shuffled")
+#: The model under the configured risk limits (its drawdown halt included), next to the
+#: uncensored "model" the gate judges.
+LIMITED = "model_risk_limits"
+
+
+def without_halt(settings: Settings) -> Settings:
+    """``settings`` with the drawdown breaker and the daily loss limit out of the way: a fold
+    backtest judges the signals, and a halt would censor losses (every losing fold reads the
+    breaker's -20%) and never gains."""
+    risk = settings.risk.model_copy(update={"max_drawdown": 1.0, "daily_loss_limit": 1.0})
+    return settings.model_copy(update={"risk": risk})
 
 
 @dataclass(frozen=True)
@@ -210,11 +225,14 @@ def walk_forward(series: Sequence[BarSeries], X: Sequence[FloatArray],
             fold_bars = [s.slice(sp.test_start, sp.test_end) for s, sp in tested]
             warm = [s.slice(max(0, sp.test_start - 10 * ai.features.warmup), sp.test_start)
                     for s, sp in tested]
+            free = without_halt(settings)
             for label, m in (("model", model), ("shuffled", shuffled)):
                 art = ModelArtifact(m, ai.features, ai.signals, ai.model_name,
                                     f"{label}-fold{k}", ai.labels.horizon)
-                fr.curves[label] = model_backtest(fold_bars, warm, art, settings)
-            fr.curves["rule_based"] = rule_based_backtest(fold_bars, settings)
+                fr.curves[label] = model_backtest(fold_bars, warm, art, free)
+                if label == "model":
+                    fr.curves[LIMITED] = model_backtest(fold_bars, warm, art, settings)
+            fr.curves["rule_based"] = rule_based_backtest(fold_bars, free)
             fr.curves["buy_and_hold"] = buy_and_hold(fold_bars, settings.exchange.taker_fee)
             ts = fold_bars[0].ts if len(fold_bars) == 1 else \
                 np.unique(np.concatenate([b.ts for b in fold_bars]))
@@ -230,7 +248,7 @@ def walk_forward(series: Sequence[BarSeries], X: Sequence[FloatArray],
     curves: dict[str, Curve] = {}
     backtests: dict[str, BacktestSummary] = {}
     if ai.backtest_folds:
-        for key in ("model", *BASELINES):
+        for key in ("model", LIMITED, *BASELINES):
             curves[key] = chain([f.curves[key] for f in folds])
             backtests[key] = summarize(curves[key], series[0].timeframe)
     return WalkForwardResult(folds, overall, backtests, curves, idx, p_all)
