@@ -9,7 +9,7 @@ found or made with its parameters.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from quantum_trader.ai.per_symbol import per_symbol_production
@@ -18,6 +18,7 @@ from quantum_trader.ai.settings import AISettings
 from quantum_trader.ai.signals import ModelSignalSource
 from quantum_trader.config import Settings
 from quantum_trader.domain.strategy import SignalSource
+from quantum_trader.marketdata.series import BarSeries
 
 if TYPE_CHECKING:
     from quantum_trader.strategies.loader import LoadedStrategy
@@ -105,3 +106,41 @@ def choose_signal_source(settings: Settings, hot_reload: bool = False,
     baseline = baseline_strategy(settings)
     reason = "configured" if kind == "ema_cross" else "no production model"
     return baseline, f"rule-based baseline {baseline.name} ({reason})"
+
+
+def in_sample_overlaps(source: object, series: Sequence[BarSeries]) -> list[str]:
+    """Where ``series`` overlaps the training window of a model ``source`` trades with: a
+    result there is in-sample (the model has seen those bars), whatever it looks like."""
+    from quantum_trader.ai.per_symbol import PerSymbolSignalSource
+
+    models: list[tuple[ModelSignalSource, set[str] | None]] = []
+    if isinstance(source, ModelSignalSource):
+        models.append((source, None))
+    elif isinstance(source, PerSymbolSignalSource):
+        models += [(m, {sym}) for sym, m in source.sources.items()
+                   if isinstance(m, ModelSignalSource)]
+    out = []
+    for model, only in models:
+        manifest = model.artifact.manifest
+        window = manifest.get("training_window") or {}
+        data = manifest.get("data") or {}
+        trained_on = set(data.get("symbols") or [data.get("symbol")])
+        first, last = window.get("first_ts"), window.get("last_ts")
+        if first is None or last is None:
+            continue
+        for s in series:
+            if s.symbol not in trained_on or (only is not None and s.symbol not in only) \
+                    or not len(s):
+                continue
+            lo, hi = max(int(s.ts[0]), int(first)), min(int(s.ts[-1]), int(last))
+            if lo <= hi:
+                n = int(((s.ts >= lo) & (s.ts <= hi)).sum())
+                out.append(f"{s.symbol}: {n:,} of {len(s):,} bars ({_day(lo)}..{_day(hi)}) "
+                           f"are in {model.name}'s training window")
+    return out
+
+
+def _day(ms: int) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))

@@ -98,7 +98,7 @@ def backtest_output(result: Any, *, run_id: str, run_dir: Path, chart: Path | No
 
 def save_run(cfg: Settings, specs: Sequence[str], series: Sequence[Any], result: Any, *,
              chart: Path | None, marks: Sequence[tuple[int, str]], png: bool,
-             html: bool) -> SavedRun:
+             html: bool, in_sample: Sequence[str] = ()) -> SavedRun:
     """Store ``result`` as ``<reports_dir>/<run-id>/``: the chart (``equity.png`` when
     ``png``; ``chart`` when given, wherever it is), the HTML report when ``html``, and
     ``result.json`` last. A failure removes the half-written directory."""
@@ -120,6 +120,8 @@ def save_run(cfg: Settings, specs: Sequence[str], series: Sequence[Any], result:
         html_path = run_dir / REPORT_FILE if html else None
         meta = {"run_id": run_id, "source": result.source, "code": code,
                 "data": fingerprint, "config": config}
+        if in_sample:
+            meta["IN-SAMPLE"] = list(in_sample)
         if html_path is not None:
             write_report_html(html_path, ReportInput(
                 title=f"Backtest — {title}", series=series, trades=result.trades,
@@ -129,6 +131,7 @@ def save_run(cfg: Settings, specs: Sequence[str], series: Sequence[Any], result:
                 state_changes=result.state_changes, rejections=result.rejections, meta=meta))
         output = backtest_output(result, run_id=run_id, run_dir=run_dir,
                                  chart=chart or (charts[0] if charts else None), html=html_path)
+        output["in_sample"] = list(in_sample)  # a model judged on bars it was trained on
         stored = {"format": RESULT_FORMAT, **output,
                   "saved": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                   "data": {"specs": list(specs), **fingerprint}, "config": config,

@@ -196,6 +196,7 @@ def backtest(
         show_default=False)] = None,
 ) -> None:
     """Backtest on historical bars: simulated clock, simulated exchange, full risk gate."""
+    from quantum_trader.ai.production import in_sample_overlaps
     from quantum_trader.analytics.tables import pairs_table, report_table, trades_table
     from quantum_trader.cli.reports import save_run
     from quantum_trader.runtime.backtest import run_backtest
@@ -220,8 +221,14 @@ def backtest(
     changes = [(a.ts, f"{a.detail.get('to')}: {a.detail.get('reason')}")
                for a in result.state_changes]
     # --json is for speed: no chart or HTML unless asked for (--chart, --report).
+    in_sample = in_sample_overlaps(source, series)
+    for line in in_sample:
+        err.print(f"[bold yellow]IN-SAMPLE:[/] {escape(line)}: these results flatter the "
+                  "model (backtest on bars it was not trained on, e.g. --timerange)",
+                  soft_wrap=True)
     saved = save_run(cfg, specs, series, result, chart=chart, marks=changes, png=not as_json,
-                     html=not as_json if html_report is None else html_report)
+                     html=not as_json if html_report is None else html_report,
+                     in_sample=in_sample)
     if as_json:
         stdout_json(json.dumps(saved.output, indent=2))
         return
@@ -312,6 +319,11 @@ def run(
         typer.confirm(f"Set the account in {db} aside (kept in backups/) and start a new "
                       "one?", abort=True)
     source, why = choose_source(choice)  # before the store exists: a bad one writes nothing
+    from quantum_trader.ai.production import in_sample_overlaps
+
+    for line in in_sample_overlaps(source, series):
+        err.print(f"[bold yellow]IN-SAMPLE:[/] {escape(line)}: paper results on them flatter "
+                  "the model", soft_wrap=True)
     with _one_run(state):
         if fresh and db is not None and (moved := _set_aside(db)) is not None:
             err.print(f"previous store moved to {moved}")
