@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from quantum_trader.cli import research, services, trading
+from quantum_trader.cli import parity, research, services, trading
 from quantum_trader.cli.backup import backup_app, restore
 from quantum_trader.cli.common import ErrorBoundaryGroup, console
 from quantum_trader.cli.exchange import data_app, exchange_app
@@ -51,6 +51,7 @@ def root(
 
 
 trading.register(app)
+parity.register(app)
 research.register(app)
 services.register(app)
 app.add_typer(backup_app, name="backup")

@@ -88,6 +88,9 @@ def backtest(
     from quantum_trader.runtime.backtest import run_backtest
 
     cfg = settings(config)
+    from quantum_trader.cli.live import replay_note
+
+    replay_note(cfg, "a backtest")
     if chart is not None:
         check_writable_file(chart, "--chart", CHART_SUFFIXES)
     else:
@@ -175,9 +178,27 @@ def run(
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="Start a new account: the old store is moved to <state_dir>/backups "
                         "first")] = False,
+    live: Annotated[bool, typer.Option(
+        "--live", help="Dry run on the venue's live closed klines (exchange.kind, "
+                       "exchange.base_url): fills simulated locally, no order ever sent")]
+        = False,
+    symbol: Annotated[list[str] | None, typer.Option(
+        "--symbol", help="With --live: a symbol to trade; repeat for more (default "
+                         "exchange.symbols)")] = None,
+    duration: Annotated[float | None, typer.Option(
+        help="With --live: stop after this many seconds (default: until Ctrl-C)")] = None,
 ) -> None:
     """Paper trading on real historical bars, embedded: one process, in-memory bus, SQLite.
-    Re-running on the same data resumes where the last run stopped."""
+    Re-running on the same data resumes where the last run stopped. With --live: a dry run
+    on the venue's market data until Ctrl-C / SIGTERM."""
+    from quantum_trader.cli.live import replay_note, run_live
+
+    if live:
+        run_live(config, state_dir, data, speed, max_bars, fresh, symbol, duration)
+        return
+    if symbol or duration is not None:
+        raise UserError(f"{'--symbol' if symbol else '--duration'} goes with --live (a replay "
+                        "trades the --data it is given, to its end or --max-bars)")
     from quantum_trader.runtime.paper import (
         DifferentRun,
         RunIdentity,
@@ -190,6 +211,7 @@ def run(
     if speed is not None and speed <= 0:
         raise UserError(f"--speed {speed:g}: must be more than 0 bars per second")
     cfg = settings(config, state_overrides(state_dir))
+    replay_note(cfg, "run without --live")
     state = cfg.paths.state_dir
     check_writable_dir(state, "state directory" if state_dir is None else "--state-dir")
     db = cfg.sqlite_path()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from quantum_trader.bus.memory import InMemoryBus
 from quantum_trader.bus.protocol import Message
@@ -17,7 +18,7 @@ from quantum_trader.config import Settings
 from quantum_trader.domain.enums import OrderStatus, TradingState
 from quantum_trader.domain.models import Bar
 from quantum_trader.domain.position import Position
-from quantum_trader.domain.records import Checkpoint
+from quantum_trader.domain.records import Checkpoint, SeenBar
 from quantum_trader.domain.strategy import SignalSource
 from quantum_trader.marketdata.replay import ReplayFeed
 from quantum_trader.marketdata.series import BarSeries
@@ -97,6 +98,16 @@ class PaperSummary:
     trading_state: str
     signals: int
     rejections: dict[str, int] = field(default_factory=dict)
+
+
+#: The settings that decide how a node trades, as a run records them (``run_started``):
+#: ``parity`` replays with these, whatever the config says by then.
+TRADING_SETTINGS = ("initial_balance", "leverage", "data", "risk", "exits", "exchange",
+                    "strategy", "ai")
+
+
+def settings_record(settings: Settings) -> dict[str, Any]:
+    return settings.model_dump(mode="json", include=set(TRADING_SETTINGS))
 
 
 def bar_message(bar: Bar) -> Message:
@@ -187,9 +198,11 @@ async def run_paper(settings: Settings, series: Sequence[BarSeries], store: Trad
         started = {} if identity is None else {
             "sources": list(identity.sources), "symbols": list(identity.symbols),
             "timeframe": identity.timeframe}
-        node.audit("run_started", wall_ms(), mode="paper", bars=total, **started)
+        node.audit("run_started", wall_ms(), mode="paper", bars=total, **started,
+                   settings=settings_record(settings), source=node.source.name)
     else:
-        node.audit("run_resumed", wall_ms(), from_checkpoint=cp.ts, bars=total)
+        node.audit("run_resumed", wall_ms(), from_checkpoint=cp.ts, bars=total,
+                   settings=settings_record(settings), source=node.source.name)
     bus = InMemoryBus(maxlen=batch * 10)
     await bus.ensure_group(BARS_TOPIC, GROUP)
     state = {"processed": 0, "skipped": 0}
@@ -213,6 +226,7 @@ async def run_paper(settings: Settings, series: Sequence[BarSeries], store: Trad
                         break
                 continue
             done: list[str] = []
+            received = wall_ms()
             for d in deliveries:
                 if d.message is None:
                     await bus.dead_letter(d, GROUP, d.error)
@@ -226,6 +240,7 @@ async def run_paper(settings: Settings, series: Sequence[BarSeries], store: Trad
                     state["skipped"] += 1  # already processed before a restart
                 else:
                     node.on_bar(bar)
+                    journal.record(SeenBar.of(bar, "trade", received, wall_ms()))
                     last_ts[bar.symbol] = bar.ts
                     state["processed"] += 1
                     journal.record(node.portfolio.snapshot(bar.close_ts))

@@ -43,8 +43,9 @@ class TradeStore(Protocol):
         """Persist ``events`` atomically: all of them or, on any error, none. Idempotent:
         facts are insert-or-ignore, the first write wins (signals, decisions, fills, closed
         trades, audit events, venue trades by (symbol, trade id), funding payments by id,
-        outbox messages by message id, bars seen by (symbol, timeframe, ts)); state is upserted, the last write wins (orders,
-        positions, equity points, checkpoints, cursors), also within one batch."""
+        outbox messages by message id, bars seen by (symbol, timeframe, ts)); state is
+        upserted, the last write wins (orders, positions, equity points, checkpoints,
+        cursors), also within one batch."""
 
     async def record_decision(self, decision: RiskDecision) -> RiskDecision:
         """Record ``decision`` unless one with its id is on record; return the one on
