@@ -140,7 +140,8 @@ def run_live(config: Path | None, state_dir: Path | None, data: list[str] | None
         raise UserError(f"{exc}: resuming would continue that account on other bars. Use "
                         "--fresh to start a new account (the old store is kept in backups/) "
                         "or --state-dir for a separate one") from None
-    _print_summary(cfg, url, identity.describe(), summary, counts, state_events)
+    _print_summary(cfg, url, f"{', '.join(identity.symbols)} {tf}", summary, counts,
+                   state_events)
 
 
 def _ms(figures: dict[str, float]) -> str:
@@ -186,10 +187,6 @@ def _print_summary(cfg: Settings, url: str, data: str, s: Any, counts: dict[str,
     table.add_row("stopped", s.stopped or "?")
     table.add_row("rows in store", ", ".join(f"{k}={v}" for k, v in counts.items()))
     console.print(table)
-    if s.held:
-        err.print(f"[yellow]note:[/] bars were still waiting for {', '.join(s.held)} (one "
-                  "account sees every symbol's bar of a time together); they are traded "
-                  "on the next run")
     if s.trading_state != "ACTIVE":
         err.print(f"[yellow]trading is {s.trading_state}[/]: the risk gate refuses new "
                   "entries in this account. Start a new one with --fresh, or see "

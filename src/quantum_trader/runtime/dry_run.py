@@ -213,11 +213,17 @@ def venue_client(settings: Settings) -> CcxtBinanceExchange:
         headroom=x.weight_shares.get("market-data", 0.3)))
 
 
+#: Where each venue kind's REST API is (for messages: the client knows its own URLs).
+VENUE_HOSTS = {"binance-testnet": "https://testnet.binancefuture.com",
+               "binance-demo": "https://demo-fapi.binance.com",
+               "binance-live": "https://fapi.binance.com"}
+
+
 def _where(settings: Settings) -> str:
     x = settings.exchange
     if x.base_url:
         return f"exchange.base_url {x.base_url}"
-    return f"exchange.kind {x.kind}"
+    return f"exchange.kind {x.kind} ({VENUE_HOSTS.get(x.kind, '?')})"
 
 
 async def connect_venue(venue: CcxtBinanceExchange, settings: Settings, symbols: Sequence[str],
@@ -243,13 +249,18 @@ async def recent_bars(venue: BarSource, symbols: Sequence[str], timeframe: str,
                       n: int = WARMUP_BARS) -> dict[str, list[Bar]]:
     """The venue's latest ``n`` closed bars of each symbol (a warm-up, and proof that the
     venue serves them)."""
+    from quantum_trader.exchange.errors import ExchangeError
     from quantum_trader.exchange.reliable import call_with_retries
 
     out: dict[str, list[Bar]] = {}
     for sym in symbols:
-        bars = await call_with_retries(
-            lambda s=sym: venue.bars(s, timeframe, None, min(n + 1, 1500)),  # type: ignore[misc]
-            attempts=4)
+        try:
+            bars = await call_with_retries(
+                lambda s=sym: venue.bars(s, timeframe, None, min(n + 1, 1500)),  # type: ignore[misc]
+                attempts=4)
+        except ExchangeError as exc:
+            raise DryRunRefused(f"data.timeframe {timeframe}: the venue refused {sym}'s "
+                                f"klines: {exc}") from None
         if not bars:
             raise DryRunRefused(f"{sym}: the venue has no closed {timeframe} klines "
                                 "(data.timeframe)")
@@ -386,6 +397,7 @@ async def run_live(settings: Settings, venue: BarSource, symbols: Sequence[str],
     latencies: list[float] = []
     first_bar: int | None = None
     stopped = ""
+    holding = False
     try:
         while True:
             if stop.is_set():
@@ -406,6 +418,12 @@ async def run_live(settings: Settings, venue: BarSource, symbols: Sequence[str],
             if not deliveries:
                 if journal.events:  # market-data health changes
                     await store.write(journal.drain())
+                held = merge.pending
+                if held and not holding and wall_ms() - held[0][1] > stale_after * 1000:
+                    holding = True
+                    say(f"holding {len(held)} bars until {', '.join(merge.waiting_for())} "
+                        "catches up: one account sees every symbol's bar of a time together")
+                holding = holding and bool(held)
                 continue
             done: list[str] = []
             for d in deliveries:
