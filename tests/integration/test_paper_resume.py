@@ -4,6 +4,7 @@ and ends exactly where an uninterrupted run ends."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +66,34 @@ async def test_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     assert sorted(o.client_order_id for o in orders_split) == \
         sorted(o.client_order_id for o in orders_full)
     assert counts["checkpoints"] == 1
+
+
+@pytest.mark.integration
+async def test_an_entry_working_at_the_checkpoint_is_protected_when_it_fills_after_the_resume(
+        tmp_path: Path) -> None:
+    """A run stopped right after the bar whose signal placed an entry (it fills at the next
+    bar's open, after the restart): the fill gets the stop and target the uninterrupted run
+    gives it. The entry's levels live in the intent risk approved, which the restart reads."""
+    _, _, _, orders_full, _ = await _run(tmp_path / "full.db", None)
+    t0 = int(load_sample("XRP").ts[0])
+    entries = sorted((o for o in orders_full if o.purpose.value == "ENTRY"),
+                     key=lambda o: o.created_ts)
+    entry = entries[len(entries) // 2]
+    stop_at = int((entry.created_ts - t0) // 1_800_000)  # the signal bar is the last one
+    split = tmp_path / "split.db"
+    await _run(split, stop_at)
+    store = SqlTradeStore(sqlite_url(split))
+    await store.open()
+    try:
+        working = await store.order_by_client_id(entry.client_order_id)
+    finally:
+        await store.close()
+    assert working is not None and working.status.is_open, "the entry must be working"
+    _, _, _, orders_split, _ = await _run(split, None)
+
+    def protective(orders: list[Any]) -> list[tuple[Any, ...]]:
+        return sorted((o.client_order_id, o.order_type.value, o.stop_price, o.price, o.status)
+                      for o in orders if o.trace_id == entry.trace_id)
+
+    assert any(o.tag for o in orders_full if o.trace_id == entry.trace_id)
+    assert protective(orders_split) == protective(orders_full)

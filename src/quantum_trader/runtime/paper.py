@@ -15,7 +15,7 @@ from typing import Any
 from quantum_trader.bus.memory import InMemoryBus
 from quantum_trader.bus.protocol import Message
 from quantum_trader.config import Settings
-from quantum_trader.domain.enums import OrderStatus, TradingState
+from quantum_trader.domain.enums import IntentPurpose, OrderStatus, TradingState
 from quantum_trader.domain.models import Bar
 from quantum_trader.domain.position import Position
 from quantum_trader.domain.records import Checkpoint, SeenBar
@@ -147,6 +147,13 @@ async def restore_node(node: TradingNode, store: TradeStore, series: Sequence[Ba
     # Working orders live on the exchange; the simulated one lost them with the process.
     open_orders = await store.open_orders()
     node.engine.adopt(open_orders)
+    # An entry still working carries its stop and target in the intent risk approved: the
+    # fill after the restart must protect the position as it would have without one.
+    for order in open_orders:
+        if order.purpose is IntentPurpose.ENTRY and node.entry_for(order.client_order_id) is None:
+            for decision in await store.decisions(trace_id=order.trace_id):
+                if decision.intent is not None and decision.intent.id == order.intent_id:
+                    node.remember_entry(decision.intent)
     for order in open_orders:
         if not order.status.is_open or order.remaining <= 0:
             continue
