@@ -52,8 +52,7 @@ exchange:
   poll_s: 0.05
   stale_after_s: 0.75
 strategy: {{kind: ema_cross, fast: 5, slow: 13}}
-risk: {{max_drawdown: 0.9, daily_loss_limit: 0.5, cooldown_after_stop_ms: 0,
-        min_confidence: 0.5}}
+risk: {{max_drawdown: 0.9, daily_loss_limit: 0.5, min_confidence: 0.5}}
 paths: {{state_dir: {tmp / "var"}, registry_dir: {tmp / "models"}, reports_dir: {tmp}}}
 """)
     return cfg

@@ -97,3 +97,36 @@ async def test_an_entry_working_at_the_checkpoint_is_protected_when_it_fills_aft
 
     assert any(o.tag for o in orders_full if o.trace_id == entry.trace_id)
     assert protective(orders_split) == protective(orders_full)
+
+
+@pytest.mark.integration
+async def test_the_stop_out_cooldown_runs_on_through_a_resume(tmp_path: Path) -> None:
+    """Stopped right after a stop-out, the resumed run still refuses the symbol's entries
+    until the cooldown is over, as the uninterrupted run does."""
+    full = tmp_path / "full.db"
+    _, trades_full, _, _, _ = await _run(full, None)
+    store = SqlTradeStore(sqlite_url(full))
+    await store.open()
+    try:
+        decisions_full = await store.decisions()
+    finally:
+        await store.close()
+    cooled = [d for d in decisions_full if d.reason == "COOLDOWN"]
+    assert cooled, "the run must hit the cooldown once at least"
+    first = cooled[0]
+    stop_out = max((t for t in trades_full if t.exit_reason == "stop_loss"
+                    and t.closed_ts <= first.ts and first.subject_id.startswith(t.symbol)),
+                   key=lambda t: t.closed_ts)
+    t0 = int(load_sample("XRP").ts[0])
+    stop_at = int((stop_out.closed_ts - t0) // 1_800_000) + 1  # the stop-out's bar, then stop
+    split = tmp_path / "split.db"
+    await _run(split, stop_at)
+    await _run(split, None)
+    store = SqlTradeStore(sqlite_url(split))
+    await store.open()
+    try:
+        decisions_split = await store.decisions()
+    finally:
+        await store.close()
+    assert [(d.id, d.reason) for d in decisions_split] == \
+        [(d.id, d.reason) for d in decisions_full]

@@ -23,7 +23,7 @@ from quantum_trader.domain.strategy import SignalSource
 from quantum_trader.marketdata.replay import ReplayFeed
 from quantum_trader.marketdata.series import BarSeries
 from quantum_trader.runtime.clock import wall_ms
-from quantum_trader.runtime.node import ListJournal, TradingNode
+from quantum_trader.runtime.node import STOP_OUTS, ListJournal, TradingNode
 from quantum_trader.runtime.wiring import build_node
 from quantum_trader.store.protocol import TradeStore
 
@@ -172,6 +172,10 @@ async def restore_node(node: TradingNode, store: TradeStore, series: Sequence[Ba
         node.exits.restore_from(snap, open_orders,
             len(await store.orders(trace_id=snap.trace_id)))
     node.risk.sync(pf)
+    # The stop-out cooldown runs on: the last stop-out of each symbol is in its closed trades.
+    for trade in await store.trades(limit=1_000):
+        if trade.exit_reason in STOP_OUTS:
+            node.risk.record_stop_out(trade.symbol, trade.closed_ts)
     # Signal sources are stateful: warm them up on the bars before the checkpoint.
     for s in series:
         last = cp.last_bar_ts.get(s.symbol)
