@@ -88,7 +88,8 @@ async def test_an_entry_working_at_the_checkpoint_is_protected_when_it_fills_aft
         working = await store.order_by_client_id(entry.client_order_id)
     finally:
         await store.close()
-    assert working is not None and working.status.is_open, "the entry must be working"
+    assert working is not None
+    assert working.status.is_open, "the entry must be working"
     _, _, _, orders_split, _ = await _run(split, None)
 
     def protective(orders: list[Any]) -> list[tuple[Any, ...]]:
@@ -130,3 +131,29 @@ async def test_the_stop_out_cooldown_runs_on_through_a_resume(tmp_path: Path) ->
         await store.close()
     assert [(d.id, d.reason) for d in decisions_split] == \
         [(d.id, d.reason) for d in decisions_full]
+
+
+@pytest.mark.integration
+async def test_an_entry_held_for_the_opposite_exit_is_still_held_after_the_resume(
+        tmp_path: Path) -> None:
+    """An entry against the position held waits, unsent, until that position's exit is on
+    the venue. Stopped while one waits, the restart keeps it waiting (it sent it)."""
+    _, _, _, orders_full, _ = await _run(tmp_path / "full.db", None)
+    held = [o for o in orders_full if o.reason == "expired waiting for the opposite exit"]
+    assert held, "the run must hold an entry once at least"
+    entry = held[0]
+    t0 = int(load_sample("XRP").ts[0])
+    split = tmp_path / "split.db"
+    await _run(split, int((entry.created_ts - t0) // 1_800_000))
+    store = SqlTradeStore(sqlite_url(split))
+    await store.open()
+    try:
+        waiting = await store.order_by_client_id(entry.client_order_id)
+    finally:
+        await store.close()
+    assert waiting is not None
+    assert waiting.status.value == "NEW"
+    _, _, _, orders_split, _ = await _run(split, None)
+    (after,) = [o for o in orders_split if o.client_order_id == entry.client_order_id]
+    assert (after.status, after.filled_qty, after.reason) == \
+        (entry.status, entry.filled_qty, entry.reason)

@@ -160,6 +160,9 @@ async def restore_node(node: TradingNode, store: TradeStore, series: Sequence[Ba
         if order.status is OrderStatus.NEW and order.expired(cp.ts):
             node.engine.refuse(order, cp.ts, "expired before it was sent", OrderStatus.EXPIRED)
             continue
+        if order.status is OrderStatus.NEW and node.engine.hold_reason(order) is not None:
+            node.hold(order)  # it was waiting for the opposite exit: it still is
+            continue
         update = node.exchange.submit(node.engine.request_for(order), cp.ts)
         if update.status is OrderStatus.REJECTED:
             node.engine.refuse(order, cp.ts, f"could not be restored: {update.reason}",
