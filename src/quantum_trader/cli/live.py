@@ -92,9 +92,16 @@ def run_live(config: Path | None, state_dir: Path | None, data: list[str] | None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         handled: list[signal.Signals] = []
+
+        def graceful(sig: signal.Signals) -> None:
+            # The first stops after the batch in hand is committed; a second one is the
+            # default (Ctrl-C twice: interrupted at once, exit 130).
+            stop.set()
+            loop.remove_signal_handler(sig)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)  # graceful: the batch is committed
+                loop.add_signal_handler(sig, graceful, sig)
                 handled.append(sig)
         venue = None
         try:

@@ -85,11 +85,10 @@ def backtest(
     """Backtest on historical bars: simulated clock, simulated exchange, full risk gate."""
     from quantum_trader.analytics.charts import write_equity_chart
     from quantum_trader.analytics.tables import pairs_table, report_table, trades_table
+    from quantum_trader.cli.live import replay_note
     from quantum_trader.runtime.backtest import run_backtest
 
     cfg = settings(config)
-    from quantum_trader.cli.live import replay_note
-
     replay_note(cfg, "a backtest")
     if chart is not None:
         check_writable_file(chart, "--chart", CHART_SUFFIXES)
@@ -183,8 +182,9 @@ def run(
                        "exchange.base_url): fills simulated locally, no order ever sent")]
         = False,
     symbol: Annotated[list[str] | None, typer.Option(
-        "--symbol", help="With --live: a symbol to trade; repeat for more (default "
-                         "exchange.symbols)")] = None,
+        "--symbol", metavar="SYMBOL",
+        help="With --live: a symbol to trade; repeat for more (default exchange.symbols)")]
+        = None,
     duration: Annotated[float | None, typer.Option(
         help="With --live: stop after this many seconds (default: until Ctrl-C)")] = None,
 ) -> None:
