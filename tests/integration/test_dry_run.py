@@ -189,6 +189,7 @@ def test_dry_run_of_two_symbols_through_a_feed_cut_then_parity_and_a_restart(
     before = len(bars)
     started = int(time.time() * 1000)
     code, out, err = finish(cli(tmp_path, "run", "--live", "--config", str(cfg),
+                                "--symbol", "LTCUSDT", "--symbol", "XRPUSDT",
                                 "--max-bars", "30"))
     assert code == 0, err
     assert "resumed from the checkpoint" in err

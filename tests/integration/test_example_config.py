@@ -43,3 +43,8 @@ def test_the_example_config_loads_and_backtests(tmp_path: Path,
     assert len(notes) == 1
     assert "binance-testnet" in notes[0]
     assert "fills locally" in notes[0]
+
+    paper = runner.invoke(app, ["run", "--config", str(EXAMPLE), "--max-bars", "5"],
+                          env=clean_env())
+    assert paper.exit_code == 0, paper.output
+    assert "run without --live replays history and fills locally" in paper.stderr
