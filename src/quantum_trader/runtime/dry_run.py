@@ -14,8 +14,8 @@ checkpoint (a restart resumes and never trades a bar twice).
   ``ReplayFeed`` does) before the node sees them: a time step is released once every symbol
   has its bar of that time, so the node sees exactly what a backtest of the same bars sees.
 * **Late bars.** A bar that arrived while the feed was stale, or after the venue already had
-  a newer one (a gap being backfilled, a restart catching up), is a bar whose moment has
-  passed: the node still books it (the simulated venue matches the orders resting there,
+  a newer one (a gap being backfilled, a restart catching up), or that waited longer than the
+  stale limit for the other symbols' bars of its time, is a bar whose moment has passed: the node still books it (the simulated venue matches the orders resting there,
   stops included; the exit brain, the indicators and the marks follow it) but refuses
   entries on it (``STALE_MARKET_DATA``): a signal is never traded late. Why a bar was late
   is recorded with it, and the replay refuses the same entries (``FeedGate``).
@@ -372,15 +372,23 @@ async def run_live(settings: Settings, venue: BarSource, symbols: Sequence[str],
 
     feed: LiveKlineFeed
 
+    refused: set[tuple[str, int]] = set()
+
     async def publish(bar: Bar) -> bool:
         try:
             bar.validate()
             check_bar_time(bar, wall_ms())
         except ValueError as exc:
-            say(f"bar refused: {exc}")
+            if (bar.symbol, bar.ts) not in refused:  # the feed asks again: said once
+                refused.add((bar.symbol, bar.ts))
+                say(f"bar refused: {exc}")
             return False
+        now = wall_ms()
         late = late_reason(feed.stale, feed.backfilling, health["why"])
-        for b, received, why in merge.add(bar, wall_ms(), late):
+        for b, received, why in merge.add(bar, now, late):
+            if not why and now - received > stale_after * 1000:
+                why = (f"held {(now - received) / 1000:.1f}s for the other symbols' bars of "
+                       "its time")
             msg = bar_message(b)
             msg = Message(msg.type, {**msg.payload, "received_ms": received, "late": why},
                           msg.ts, msg.trace_id, id=msg.id)

@@ -222,11 +222,19 @@ def latency(bars: Sequence[SeenBar], wall_clock: bool) -> dict[str, dict[str, fl
 def replay_settings(config: Settings, recorded: Mapping[str, Any] | None) -> Settings:
     """The run's own trading settings over ``config`` (paths, the registry: where to find
     things now)."""
+    from pydantic import ValidationError
+
     if not recorded:
         return config
     base = config.model_dump()
     base.update(recorded)
-    return Settings.model_validate(base)
+    try:
+        return Settings.model_validate(base)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ParityRefused(f"the settings the run recorded do not load here ({where}: "
+                            f"{first['msg']}): was it made by another release?") from None
 
 
 def replay_source(settings: Settings, recorded: str) -> SignalSource:
