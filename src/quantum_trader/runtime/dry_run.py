@@ -15,9 +15,10 @@ checkpoint (a restart resumes and never trades a bar twice).
   has its bar of that time, so the node sees exactly what a backtest of the same bars sees.
 * **Late bars.** A bar that arrived while the feed was stale, or after the venue already had
   a newer one (a gap being backfilled, a restart catching up), or that waited longer than the
-  stale limit for the other symbols' bars of its time, is a bar whose moment has passed: the node still books it (the simulated venue matches the orders resting there,
-  stops included; the exit brain, the indicators and the marks follow it) but refuses
-  entries on it (``STALE_MARKET_DATA``): a signal is never traded late. Why a bar was late
+  stale limit for the other symbols' bars of its time, is a bar whose moment has passed:
+  the node still books it (the simulated venue matches the orders resting there, stops
+  included; the exit brain, the indicators and the marks follow it) but refuses entries on
+  it (``STALE_MARKET_DATA``): a signal is never traded late. Why a bar was late
   is recorded with it, and the replay refuses the same entries (``FeedGate``).
 * **Latency.** Each bar records when it reached the process and when the node had acted on
   it (wall clock): ``parity`` reports the figures.
