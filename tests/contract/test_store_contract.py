@@ -38,6 +38,7 @@ from quantum_trader.domain.records import (
     Cursor,
     OutboundMessage,
     PositionSnapshot,
+    SeenBar,
 )
 from quantum_trader.domain.venue import OrderOrigin, VenueTrade
 from quantum_trader.store import SqlTradeStore, StoreError
@@ -138,6 +139,8 @@ def one_of_each() -> list[StoreEvent]:
                        id="8812345"),
         Cursor("trades:BTCUSDT", "t-1", T0 + 9),
         message(1),
+        SeenBar("BTCUSDT", "30m", T0 - 1_800_000, AWKWARD[5], AWKWARD[4], AWKWARD[2],
+                AWKWARD[1], AWKWARD[0], "warmup", T0 + 10, T0 + 11, "stale — ünïcode"),
     ]
 
 
@@ -176,7 +179,7 @@ async def read_back(store: TradeStore) -> list[StoreEvent]:
         *await store.fills(), *await store.positions(), *await store.equity_curve(),
         *await store.trades(), *await store.audit(), checkpoint,
         *await store.venue_trades(), *await store.funding_payments(), *cursors.values(),
-        *(m for _, m in await store.outbox_pending()),
+        *(m for _, m in await store.outbox_pending()), *await store.bars(),
     ]
 
 

@@ -102,6 +102,28 @@ ROWS: dict[str, list[tuple[list[str], str]]] = {
         (["--fresh", "true"], "true"),
         (["--yes", "true"], "true"),
         *STRATEGY_ROWS,
+        # --live: the dry run on a venue's market data (@sim: our simulator on loopback)
+        (["--live"], "exchange.base_url"),  # kind simulated and no simulator named
+        (["--live", "--config", "unreachable.yaml"], "exchange.base_url"),
+        (["--live", "--config", "sim.yaml", "--symbol", "NOPEUSDT"], "NOPEUSDT"),
+        (["--live", "--config", "sim-notlisted.yaml"], "DOGEUSDT"),
+        (["--live", "--config", "sim-1h.yaml"], "data.timeframe"),
+        (["--live", "--symbol", "xrp/usdt"], "xrp/usdt"),
+        (["--live", "--duration", "0"], "--duration"),
+        (["--live", "--duration", "-3"], "--duration"),
+        (["--live", "--data", "sample:XRP"], "--data"),
+        (["--live", "--speed", "2"], "--speed"),
+        (["--symbol", "XRPUSDT"], "--symbol"),  # without --live
+        (["--duration", "5"], "--duration"),
+        *CONFIG_ROWS,
+    ],
+    "parity": [
+        ([], "no store"),
+        (["--state-dir", "afile"], "afile"),
+        (["--state-dir", "nodir"], "nodir"),
+        (["--since", "garbage"], "garbage"),
+        (["--json", "true"], "true"),
+        (["extra"], "extra"),
         *CONFIG_ROWS,
     ],
     "state": [
@@ -306,8 +328,28 @@ def busy_port() -> Iterator[int]:
         yield int(s.getsockname()[1])
 
 
+@pytest.fixture(scope="module")
+def sim_url() -> Iterator[str]:
+    """Our Binance-compatible simulator on loopback (XRPUSDT, 30m), for ``run --live``."""
+    from quantum_trader.venue_sim import SimServer, SimServerConfig, SimState, load_series
+
+    srv = SimServer(SimState(SimServerConfig(series=load_series(["sample:XRP"]),
+                                             bar_seconds=0))).start()
+    try:
+        yield srv.url
+    finally:
+        srv.stop()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens there once it is closed
+
+
 @pytest.fixture
-def workdir(tmp_path: Path, busy_port: int, monkeypatch: pytest.MonkeyPatch) -> Path:
+def workdir(tmp_path: Path, busy_port: int, sim_url: str,
+            monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "bad.yaml").write_text("risk: [unclosed\n")
     (tmp_path / "unknown.yaml").write_text("riskk:\n  max_drawdown: 0.3\n")
     (tmp_path / "afile").write_text("a file, not a directory\n")
@@ -333,6 +375,13 @@ def workdir(tmp_path: Path, busy_port: int, monkeypatch: pytest.MonkeyPatch) -> 
     ports = dict.fromkeys(SERVICE_NAMES, busy_port)
     (tmp_path / "busy.yaml").write_text(
         "services:\n  ports:\n" + "".join(f"    {k}: {v}\n" for k, v in ports.items()))
+    venue = "exchange:\n  kind: simulated\n  base_url: {}\n  symbols: [{}]\n"
+    (tmp_path / "sim.yaml").write_text(venue.format(sim_url, "XRPUSDT"))
+    (tmp_path / "sim-notlisted.yaml").write_text(venue.format(sim_url, "XRPUSDT, DOGEUSDT"))
+    (tmp_path / "sim-1h.yaml").write_text(venue.format(sim_url, "XRPUSDT")
+                                          + "data:\n  timeframe: 1h\n")
+    (tmp_path / "unreachable.yaml").write_text(
+        venue.format(f"http://127.0.0.1:{_closed_port()}", "XRPUSDT"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

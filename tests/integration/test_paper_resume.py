@@ -4,6 +4,7 @@ and ends exactly where an uninterrupted run ends."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +66,94 @@ async def test_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     assert sorted(o.client_order_id for o in orders_split) == \
         sorted(o.client_order_id for o in orders_full)
     assert counts["checkpoints"] == 1
+
+
+@pytest.mark.integration
+async def test_an_entry_working_at_the_checkpoint_is_protected_when_it_fills_after_the_resume(
+        tmp_path: Path) -> None:
+    """A run stopped right after the bar whose signal placed an entry (it fills at the next
+    bar's open, after the restart): the fill gets the stop and target the uninterrupted run
+    gives it. The entry's levels live in the intent risk approved, which the restart reads."""
+    _, _, _, orders_full, _ = await _run(tmp_path / "full.db", None)
+    t0 = int(load_sample("XRP").ts[0])
+    entries = sorted((o for o in orders_full if o.purpose.value == "ENTRY"),
+                     key=lambda o: o.created_ts)
+    entry = entries[len(entries) // 2]
+    stop_at = int((entry.created_ts - t0) // 1_800_000)  # the signal bar is the last one
+    split = tmp_path / "split.db"
+    await _run(split, stop_at)
+    store = SqlTradeStore(sqlite_url(split))
+    await store.open()
+    try:
+        working = await store.order_by_client_id(entry.client_order_id)
+    finally:
+        await store.close()
+    assert working is not None
+    assert working.status.is_open, "the entry must be working"
+    _, _, _, orders_split, _ = await _run(split, None)
+
+    def protective(orders: list[Any]) -> list[tuple[Any, ...]]:
+        return sorted((o.client_order_id, o.order_type.value, o.stop_price, o.price, o.status)
+                      for o in orders if o.trace_id == entry.trace_id)
+
+    assert any(o.tag for o in orders_full if o.trace_id == entry.trace_id)
+    assert protective(orders_split) == protective(orders_full)
+
+
+@pytest.mark.integration
+async def test_the_stop_out_cooldown_runs_on_through_a_resume(tmp_path: Path) -> None:
+    """Stopped right after a stop-out, the resumed run still refuses the symbol's entries
+    until the cooldown is over, as the uninterrupted run does."""
+    full = tmp_path / "full.db"
+    _, trades_full, _, _, _ = await _run(full, None)
+    store = SqlTradeStore(sqlite_url(full))
+    await store.open()
+    try:
+        decisions_full = await store.decisions()
+    finally:
+        await store.close()
+    cooled = [d for d in decisions_full if d.reason == "COOLDOWN"]
+    assert cooled, "the run must hit the cooldown once at least"
+    first = cooled[0]
+    stop_out = max((t for t in trades_full if t.exit_reason == "stop_loss"
+                    and t.closed_ts <= first.ts and first.subject_id.startswith(t.symbol)),
+                   key=lambda t: t.closed_ts)
+    t0 = int(load_sample("XRP").ts[0])
+    stop_at = int((stop_out.closed_ts - t0) // 1_800_000) + 1  # the stop-out's bar, then stop
+    split = tmp_path / "split.db"
+    await _run(split, stop_at)
+    await _run(split, None)
+    store = SqlTradeStore(sqlite_url(split))
+    await store.open()
+    try:
+        decisions_split = await store.decisions()
+    finally:
+        await store.close()
+    assert [(d.id, d.reason) for d in decisions_split] == \
+        [(d.id, d.reason) for d in decisions_full]
+
+
+@pytest.mark.integration
+async def test_an_entry_held_for_the_opposite_exit_is_still_held_after_the_resume(
+        tmp_path: Path) -> None:
+    """An entry against the position held waits, unsent, until that position's exit is on
+    the venue. Stopped while one waits, the restart keeps it waiting (it sent it)."""
+    _, _, _, orders_full, _ = await _run(tmp_path / "full.db", None)
+    held = [o for o in orders_full if o.reason == "expired waiting for the opposite exit"]
+    assert held, "the run must hold an entry once at least"
+    entry = held[0]
+    t0 = int(load_sample("XRP").ts[0])
+    split = tmp_path / "split.db"
+    await _run(split, int((entry.created_ts - t0) // 1_800_000))
+    store = SqlTradeStore(sqlite_url(split))
+    await store.open()
+    try:
+        waiting = await store.order_by_client_id(entry.client_order_id)
+    finally:
+        await store.close()
+    assert waiting is not None
+    assert waiting.status.value == "NEW"
+    _, _, _, orders_split, _ = await _run(split, None)
+    (after,) = [o for o in orders_split if o.client_order_id == entry.client_order_id]
+    assert (after.status, after.filled_qty, after.reason) == \
+        (entry.status, entry.filled_qty, entry.reason)

@@ -22,7 +22,13 @@ from quantum_trader.domain.enums import (
 from quantum_trader.domain.models import Fill, OrderIntent, RiskDecision, Signal
 from quantum_trader.domain.orders import Order, client_order_id_for
 from quantum_trader.domain.portfolio import EquityPoint
-from quantum_trader.domain.records import AuditEvent, Checkpoint, ClosedTrade, PositionSnapshot
+from quantum_trader.domain.records import (
+    AuditEvent,
+    Checkpoint,
+    ClosedTrade,
+    PositionSnapshot,
+    SeenBar,
+)
 from quantum_trader.store import (
     SchemaOutOfDate,
     SqlTradeStore,
@@ -225,6 +231,8 @@ def sample_events() -> list[StoreEvent]:
             T0 + 7,
             {"version": "0.1.0", "nested": {"a": [1, None, "x"]}},
         ),
+        SeenBar("BTCUSDT", "30m", T0 - 1_800_000, 64_000.0, 65_100.0, 63_900.0, 65_000.1,
+                12.5, "trade", T0 + 10, T0 + 12),
     ]
 
 
@@ -349,6 +357,7 @@ async def test_write_is_idempotent(store: SqlTradeStore) -> None:
         "funding_payments": 0,
         "cursors": 0,
         "outbox": 0,
+        "bars": 1,
     }
     await store.write(events)
     await store.write(events + events)  # duplicates inside one batch too

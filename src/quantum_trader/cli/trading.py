@@ -198,11 +198,13 @@ def backtest(
     """Backtest on historical bars: simulated clock, simulated exchange, full risk gate."""
     from quantum_trader.ai.production import in_sample_overlaps
     from quantum_trader.analytics.tables import pairs_table, report_table, trades_table
+    from quantum_trader.cli.live import replay_note
     from quantum_trader.cli.reports import save_run
     from quantum_trader.runtime.backtest import run_backtest
 
     choice = with_strategy(settings(config), strategy, param)
     cfg = choice.settings
+    replay_note(cfg, "a backtest")
     if chart is not None:
         check_writable_file(chart, "--chart", CHART_SUFFIXES)
     check_writable_dir(cfg.paths.reports_dir, "reports directory (paths.reports_dir)")
@@ -268,6 +270,17 @@ def _set_aside(db: Path) -> Path | None:
     return dest
 
 
+def confirm_fresh(db: Path | None, fresh: bool, yes: bool) -> None:
+    """``--fresh`` sets an account aside: asked on a terminal, else it needs ``--yes``."""
+    if not fresh or db is None or not db.exists() or yes:
+        return
+    if not sys.stdin.isatty():
+        raise UserError(f"--fresh sets the account in {db} aside and starts a new one: "
+                        "confirm with --yes")
+    typer.confirm(f"Set the account in {db} aside (kept in backups/) and start a new one?",
+                  abort=True)
+
+
 def _one_run(state: Path) -> AbstractContextManager[None]:
     """Hold the state directory for the whole run."""
     return holding_state_dir(state, "wait for it to finish, stop it, or use --state-dir")
@@ -287,9 +300,29 @@ def run(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask before --fresh")] = False,
     strategy: StrategyOpt = None,
     param: ParamOpt = None,
+    live: Annotated[bool, typer.Option(
+        "--live", help="Dry run on the venue's live closed klines (exchange.kind, "
+                       "exchange.base_url): fills simulated locally, no order ever sent")]
+        = False,
+    symbol: Annotated[list[str] | None, typer.Option(
+        "--symbol", metavar="SYMBOL",
+        help="With --live: a symbol to trade; repeat for more (default exchange.symbols)")]
+        = None,
+    duration: Annotated[float | None, typer.Option(
+        help="With --live: stop after this many seconds (default: until Ctrl-C)")] = None,
 ) -> None:
     """Paper trading on real historical bars, embedded: one process, in-memory bus, SQLite.
-    Re-running on the same data resumes where the last run stopped."""
+    Re-running on the same data resumes where the last run stopped. With --live: a dry run
+    on the venue's market data until Ctrl-C / SIGTERM."""
+    from quantum_trader.cli.live import replay_note, run_live
+
+    if live:
+        run_live(config, state_dir, data, speed, max_bars, fresh, symbol, duration,
+                 strategy=strategy, param=param, yes=yes)
+        return
+    if symbol or duration is not None:
+        raise UserError(f"{'--symbol' if symbol else '--duration'} goes with --live (a replay "
+                        "trades the --data it is given, to its end or --max-bars)")
     from quantum_trader.runtime.paper import (
         DifferentRun,
         RunIdentity,
@@ -303,6 +336,7 @@ def run(
         raise UserError(f"--speed {speed:g}: must be more than 0 bars per second")
     choice = with_strategy(settings(config, state_overrides(state_dir)), strategy, param)
     cfg = choice.settings
+    replay_note(cfg, "run without --live")
     state = cfg.paths.state_dir
     check_writable_dir(state, "state directory" if state_dir is None else "--state-dir")
     db = cfg.sqlite_path()
@@ -312,12 +346,7 @@ def run(
     specs = data or configured_specs(cfg)
     series = load_series(specs, None, cfg=cfg)
     identity = RunIdentity.of(specs, series)
-    if fresh and db is not None and db.exists() and not yes:
-        if not sys.stdin.isatty():
-            raise UserError(f"--fresh sets the account in {db} aside and starts a new one: "
-                            "confirm with --yes")
-        typer.confirm(f"Set the account in {db} aside (kept in backups/) and start a new "
-                      "one?", abort=True)
+    confirm_fresh(db, fresh, yes)
     source, why = choose_source(choice)  # before the store exists: a bad one writes nothing
     from quantum_trader.ai.production import in_sample_overlaps
 

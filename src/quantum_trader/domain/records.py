@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quantum_trader.domain.enums import Side
+from quantum_trader.domain.models import Bar
 from quantum_trader.domain.position import Position
 
 
@@ -130,3 +131,38 @@ class OutboundMessage:
     ts: int
     trace_id: str = ""
     source: str = ""  # the service that committed it: each publishes its own messages
+
+
+@dataclass(slots=True, frozen=True)
+class SeenBar:
+    """A bar as a node saw it, kept so ``parity`` can replay exactly what the node saw.
+
+    ``role`` is ``"trade"`` (the node traded on it) or ``"warmup"`` (only the signal source
+    saw it, before trading: its indicators). ``received_ms`` and ``decided_ms`` are wall-clock
+    times: when the bar reached the node's process, and when the node had acted on it
+    (signal, risk decision, orders). ``late`` is why entries were refused on it (the feed was
+    stale, or the venue had a newer bar when it arrived), empty when it was traded normally:
+    it is part of what the node saw, and the replay refuses the same entries."""
+
+    symbol: str
+    timeframe: str
+    ts: int  # open time, epoch ms
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    role: str = "trade"
+    received_ms: int = 0
+    decided_ms: int = 0
+    late: str = ""
+
+    @classmethod
+    def of(cls, bar: Bar, role: str = "trade", received_ms: int = 0, decided_ms: int = 0,
+           late: str = "") -> SeenBar:
+        return cls(bar.symbol, bar.timeframe, bar.ts, bar.open, bar.high, bar.low, bar.close,
+                   bar.volume, role, received_ms, decided_ms, late)
+
+    def bar(self) -> Bar:
+        return Bar(self.symbol, self.timeframe, self.ts, self.open, self.high, self.low,
+                   self.close, self.volume)

@@ -6,7 +6,8 @@ asks for everything after the last bar it published, so after a disconnect the f
 that gets through carries the missed bars (paginated) and they are published in order before
 any newer one: the gap is backfilled by construction. When no new bar arrived for
 ``stale_after_s`` the feed reports itself stale through ``on_health`` (the node stops entries);
-the next new bar reports it fresh again.
+the next new bar reports it fresh again. While ``publish`` runs, ``stale`` and ``backfilling``
+say how the bar arrived (late, or with a newer one already closed behind it).
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class LiveKlineFeed:
         self.stats = FeedStats(last_ts=dict(start_after or {}))
         self._last_new = clock()
         self.stale = False
+        # True while ``publish`` is handed a bar the venue already had a newer one after
+        # (a gap being backfilled, a restart catching up): such a bar arrived late.
+        self.backfilling = False
         self.marks = marks
         self.on_mark = on_mark
         self._last_mark: dict[str, MarkInfo] = {}
@@ -131,10 +135,15 @@ class LiveKlineFeed:
                 page = await self.source.bars(sym, self.timeframe, last + self.tf_ms, limit)
             fresh = sorted((b for b in page if last is None or b.ts > last), key=lambda b: b.ts)
             self.stats.duplicates_dropped += len(page) - len(fresh)
-            for bar in fresh:
+            more = len(page) >= limit  # a full page: newer bars wait on the next one
+            for i, bar in enumerate(fresh):
                 if last is not None and bar.ts != last + self.tf_ms:
                     self.stats.venue_gaps += 1
-                if await self.publish(bar) is False:
+                # Read by ``publish``: the venue had a newer closed bar when this one came.
+                self.backfilling = more or i < len(fresh) - 1
+                published_ok = await self.publish(bar)
+                self.backfilling = False
+                if published_ok is False:
                     # Refused at the edge (an implausible time): skipped, and it must not move
                     # the feed on (a bar from the far future would hide every later one).
                     self.stats.refused += 1

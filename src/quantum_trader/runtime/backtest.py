@@ -22,7 +22,7 @@ from quantum_trader.domain.records import AuditEvent, ClosedTrade
 from quantum_trader.domain.strategy import SignalSource
 from quantum_trader.marketdata.replay import ReplayFeed
 from quantum_trader.marketdata.series import BarSeries
-from quantum_trader.runtime.node import TradingNode
+from quantum_trader.runtime.node import Journal, TradingNode
 from quantum_trader.runtime.wiring import build_node
 
 
@@ -53,13 +53,18 @@ class BacktestResult:
 def run_backtest(series: Sequence[BarSeries], settings: Settings,
                  source: SignalSource | None = None,
                  progress: Callable[[int], None] | None = None,
-                 progress_every: int = 10_000) -> BacktestResult:
-    """Replay ``series`` through a fresh node and report. ``progress`` gets bar counts."""
+                 progress_every: int = 10_000, journal: Journal | None = None,
+                 setup: Callable[[TradingNode], None] | None = None) -> BacktestResult:
+    """Replay ``series`` through a fresh node and report. ``progress`` gets bar counts;
+    ``journal`` gets every event the node records (``parity`` compares them with a run's);
+    ``setup`` sees the node before its first bar."""
     if not series:
         raise ValueError("no bars to backtest")
     if len({s.timeframe for s in series}) > 1:
         raise ValueError("all series of one backtest must share a timeframe")
-    node = build_node(settings, source, name="backtest")
+    node = build_node(settings, source, journal, name="backtest")
+    if setup is not None:
+        setup(node)
     feed = ReplayFeed(list(series))
     n = len(feed)
     # One account: one equity point per bar time (after every symbol's bar of that time), and

@@ -191,6 +191,11 @@ class TradingNode:
         if update.status is OrderStatus.ACCEPTED and self.on_order_accepted is not None:
             self.on_order_accepted(order)
 
+    def hold(self, order: Order) -> None:
+        """Keep an entry back until the opposite position's exit is on the venue (a restart
+        found it waiting)."""
+        self._held.append(order)
+
     def _release_held(self, now: int) -> None:
         still: list[Order] = []
         for order in self._held:

@@ -10,19 +10,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from quantum_trader.bus.memory import InMemoryBus
 from quantum_trader.bus.protocol import Message
 from quantum_trader.config import Settings
-from quantum_trader.domain.enums import OrderStatus, TradingState
+from quantum_trader.domain.enums import IntentPurpose, OrderStatus, TradingState
 from quantum_trader.domain.models import Bar
 from quantum_trader.domain.position import Position
-from quantum_trader.domain.records import Checkpoint
+from quantum_trader.domain.records import Checkpoint, SeenBar
 from quantum_trader.domain.strategy import SignalSource
 from quantum_trader.marketdata.replay import ReplayFeed
 from quantum_trader.marketdata.series import BarSeries
 from quantum_trader.runtime.clock import wall_ms
-from quantum_trader.runtime.node import ListJournal, TradingNode
+from quantum_trader.runtime.node import STOP_OUTS, ListJournal, TradingNode
 from quantum_trader.runtime.wiring import build_node
 from quantum_trader.store.protocol import TradeStore
 
@@ -99,6 +100,16 @@ class PaperSummary:
     rejections: dict[str, int] = field(default_factory=dict)
 
 
+#: The settings that decide how a node trades, as a run records them (``run_started``):
+#: ``parity`` replays with these, whatever the config says by then.
+TRADING_SETTINGS = ("initial_balance", "leverage", "data", "risk", "exits", "exchange",
+                    "strategy", "ai")
+
+
+def settings_record(settings: Settings) -> dict[str, Any]:
+    return settings.model_dump(mode="json", include=set(TRADING_SETTINGS))
+
+
 def bar_message(bar: Bar) -> Message:
     return Message("bar", {"symbol": bar.symbol, "timeframe": bar.timeframe, "ts": bar.ts,
                            "open": bar.open, "high": bar.high, "low": bar.low,
@@ -136,11 +147,21 @@ async def restore_node(node: TradingNode, store: TradeStore, series: Sequence[Ba
     # Working orders live on the exchange; the simulated one lost them with the process.
     open_orders = await store.open_orders()
     node.engine.adopt(open_orders)
+    # An entry still working carries its stop and target in the intent risk approved: the
+    # fill after the restart must protect the position as it would have without one.
+    for order in open_orders:
+        if order.purpose is IntentPurpose.ENTRY and node.entry_for(order.client_order_id) is None:
+            for decision in await store.decisions(trace_id=order.trace_id):
+                if decision.intent is not None and decision.intent.id == order.intent_id:
+                    node.remember_entry(decision.intent)
     for order in open_orders:
         if not order.status.is_open or order.remaining <= 0:
             continue
         if order.status is OrderStatus.NEW and order.expired(cp.ts):
             node.engine.refuse(order, cp.ts, "expired before it was sent", OrderStatus.EXPIRED)
+            continue
+        if order.status is OrderStatus.NEW and node.engine.hold_reason(order) is not None:
+            node.hold(order)  # it was waiting for the opposite exit: it still is
             continue
         update = node.exchange.submit(node.engine.request_for(order), cp.ts)
         if update.status is OrderStatus.REJECTED:
@@ -154,6 +175,10 @@ async def restore_node(node: TradingNode, store: TradeStore, series: Sequence[Ba
         node.exits.restore_from(snap, open_orders,
             len(await store.orders(trace_id=snap.trace_id)))
     node.risk.sync(pf)
+    # The stop-out cooldown runs on: the last stop-out of each symbol is in its closed trades.
+    for trade in await store.trades(limit=1_000):
+        if trade.exit_reason in STOP_OUTS:
+            node.risk.record_stop_out(trade.symbol, trade.closed_ts)
     # Signal sources are stateful: warm them up on the bars before the checkpoint.
     for s in series:
         last = cp.last_bar_ts.get(s.symbol)
@@ -187,9 +212,11 @@ async def run_paper(settings: Settings, series: Sequence[BarSeries], store: Trad
         started = {} if identity is None else {
             "sources": list(identity.sources), "symbols": list(identity.symbols),
             "timeframe": identity.timeframe}
-        node.audit("run_started", wall_ms(), mode="paper", bars=total, **started)
+        node.audit("run_started", wall_ms(), mode="paper", bars=total, **started,
+                   settings=settings_record(settings), source=node.source.name)
     else:
-        node.audit("run_resumed", wall_ms(), from_checkpoint=cp.ts, bars=total)
+        node.audit("run_resumed", wall_ms(), from_checkpoint=cp.ts, bars=total,
+                   settings=settings_record(settings), source=node.source.name)
     bus = InMemoryBus(maxlen=batch * 10)
     await bus.ensure_group(BARS_TOPIC, GROUP)
     state = {"processed": 0, "skipped": 0}
@@ -213,6 +240,7 @@ async def run_paper(settings: Settings, series: Sequence[BarSeries], store: Trad
                         break
                 continue
             done: list[str] = []
+            received = wall_ms()
             for d in deliveries:
                 if d.message is None:
                     await bus.dead_letter(d, GROUP, d.error)
@@ -226,6 +254,7 @@ async def run_paper(settings: Settings, series: Sequence[BarSeries], store: Trad
                     state["skipped"] += 1  # already processed before a restart
                 else:
                     node.on_bar(bar)
+                    journal.record(SeenBar.of(bar, "trade", received, wall_ms()))
                     last_ts[bar.symbol] = bar.ts
                     state["processed"] += 1
                     journal.record(node.portfolio.snapshot(bar.close_ts))

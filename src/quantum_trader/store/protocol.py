@@ -21,6 +21,7 @@ from quantum_trader.domain.records import (
     Cursor,
     OutboundMessage,
     PositionSnapshot,
+    SeenBar,
 )
 from quantum_trader.domain.venue import VenueTrade
 
@@ -28,6 +29,7 @@ from quantum_trader.domain.venue import VenueTrade
 StoreEvent: TypeAlias = (
     Signal | RiskDecision | Order | Fill | PositionSnapshot | EquityPoint | ClosedTrade
     | AuditEvent | Checkpoint | VenueTrade | FundingPayment | Cursor | OutboundMessage
+    | SeenBar
 )
 
 
@@ -41,8 +43,9 @@ class TradeStore(Protocol):
         """Persist ``events`` atomically: all of them or, on any error, none. Idempotent:
         facts are insert-or-ignore, the first write wins (signals, decisions, fills, closed
         trades, audit events, venue trades by (symbol, trade id), funding payments by id,
-        outbox messages by message id); state is upserted, the last write wins (orders,
-        positions, equity points, checkpoints, cursors), also within one batch."""
+        outbox messages by message id, bars seen by (symbol, timeframe, ts)); state is
+        upserted, the last write wins (orders, positions, equity points, checkpoints,
+        cursors), also within one batch."""
 
     async def record_decision(self, decision: RiskDecision) -> RiskDecision:
         """Record ``decision`` unless one with its id is on record; return the one on
@@ -112,6 +115,10 @@ class TradeStore(Protocol):
         """The bus has these messages: delete them from the outbox."""
 
     async def equity_curve(self) -> list[EquityPoint]: ...
+
+    async def bars(self, role: str | None = None) -> list[SeenBar]:
+        """The bars a node saw (``role`` ``"trade"`` or ``"warmup"``; all when None), by
+        open time then symbol: what ``parity`` replays."""
 
     async def counts(self) -> dict[str, int]:
         """Row count per table (for status screens, backups and restore drills)."""

@@ -301,6 +301,26 @@ outbox = Table(
     sqlite_autoincrement=True,
 )
 
+bars = Table(
+    "bars",
+    metadata,
+    # Every bar a node saw (warm-up and traded), so parity can replay exactly those. Added in
+    # 0003: a release before it never writes here.
+    Column("symbol", String, primary_key=True),
+    Column("timeframe", String, primary_key=True),
+    Column("ts", BigInteger, primary_key=True, autoincrement=False),
+    _num("open"),
+    _num("high"),
+    _num("low"),
+    _num("close"),
+    _num("volume"),
+    _str("role"),
+    _ms("received_ms"),
+    _ms("decided_ms"),
+    Column("late", Text, nullable=False),
+    Index(None, "role", "ts"),
+)
+
 #: Every table, in the order ``counts()`` reports them.
 TABLES: tuple[Table, ...] = (
     signals,
@@ -316,4 +336,5 @@ TABLES: tuple[Table, ...] = (
     funding_payments,
     cursors,
     outbox,
+    bars,
 )

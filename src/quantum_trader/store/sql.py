@@ -35,6 +35,7 @@ from quantum_trader.domain.records import (
     Cursor,
     OutboundMessage,
     PositionSnapshot,
+    SeenBar,
 )
 from quantum_trader.domain.venue import VenueTrade
 from quantum_trader.store import schema as t
@@ -83,6 +84,7 @@ VENUE_TRADES = RowMapping(VenueTrade, t.venue_trades)
 FUNDING = RowMapping(FundingPayment, t.funding_payments, computed={"id": funding_key})
 CURSORS = RowMapping(Cursor, t.cursors)
 OUTBOX = RowMapping(OutboundMessage, t.outbox)
+BARS = RowMapping(SeenBar, t.bars)
 
 
 def _cause(exc: BaseException) -> str:
@@ -127,6 +129,7 @@ _SINKS: dict[type, _Sink] = {
     FundingPayment: _Sink(FUNDING, ("id",), False),
     Cursor: _Sink(CURSORS, ("name",), True),
     OutboundMessage: _Sink(OUTBOX, ("id",), False),
+    SeenBar: _Sink(BARS, ("symbol", "timeframe", "ts"), False),
 }
 
 
@@ -490,6 +493,13 @@ class SqlTradeStore:
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"clearing {len(seqs)} outbox messages failed: "
                              f"{_cause(exc)}") from exc
+
+    async def bars(self, role: str | None = None) -> list[SeenBar]:
+        c = t.bars.c
+        stmt = select(t.bars).order_by(c.ts, c.symbol, c.timeframe)
+        if role is not None:
+            stmt = stmt.where(c.role == role)
+        return await self._load(BARS, stmt)
 
     async def counts(self) -> dict[str, int]:
         # One round trip: a scalar subquery per table.
