@@ -151,3 +151,26 @@ def test_every_trade_is_booked_exactly_once_whatever_the_replays(
         e.on_trade(t)
     assert math.isclose(e.portfolio.positions["X"].qty, sum(unique.values()), rel_tol=1e-9)
     assert math.isclose(o.filled_qty, sum(unique.values()), rel_tol=1e-9)
+
+
+def test_a_position_closed_by_one_fill_after_partial_entries_is_flat() -> None:
+    """Float noise of the quantity's own size is not a position: partial fills of 15550.1
+    closed by one fill left -3.6e-12, which read as open (and wanted a stop)."""
+    from quantum_trader.domain.position import Position
+
+    pos = Position("XRPUSDT")
+    for part in (5000.3, 4999.9, 5549.9):
+        pos.apply_fill(part, 0.5, 0.0, 1)
+    pos.apply_fill(-15550.1, 0.51, 0.0, 2)
+    assert not pos.is_open
+    assert pos.qty == 0.0
+    short = Position("XRPUSDT")
+    for part in (-0.1, -0.2):
+        short.apply_fill(part, 1.0, 0.0, 1)
+    short.apply_fill(0.3, 1.0, 0.0, 2)
+    assert short.qty == 0.0
+    flip = Position("XRPUSDT")
+    flip.apply_fill(1.0, 1.0, 0.0, 1)
+    flip.apply_fill(-3.0, 1.0, 0.0, 2)  # a real flip stays a flip
+    assert flip.qty == -2.0
+    assert flip.avg_entry == 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 _EPS = 1e-12
+_REL_NOISE = 1e-12  # of the quantities involved: far below any exchange's step size
 
 
 @dataclass(slots=True)
@@ -62,10 +63,14 @@ class Position:
             direction = 1.0 if self.qty > 0 else -1.0
             realized = closing * (price - self.avg_entry) * direction
             self.realized_pnl += realized
+            # Float noise of the size's own magnitude (15550.1 built from partial fills and
+            # closed by one fill can leave -3.6e-12) is zero, or a flat symbol would read as
+            # open and want a stop.
+            noise = max(_EPS, _REL_NOISE * max(abs(self.qty), abs(signed_qty)))
             remainder = abs(signed_qty) - closing
             self.qty += signed_qty
-            if abs(self.qty) <= _EPS or remainder <= _EPS:
-                if abs(self.qty) <= _EPS:
+            if abs(self.qty) <= noise or remainder <= noise:
+                if abs(self.qty) <= noise:
                     self.qty = 0.0
                     self.avg_entry = 0.0
             else:  # crossed through zero: the rest opens a new position at this price
