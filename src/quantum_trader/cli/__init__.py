@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from quantum_trader.cli import reports, research, services, strategies, trading
+from quantum_trader.cli import optimize, reports, research, services, strategies, trading
 from quantum_trader.cli.backup import backup_app, restore
 from quantum_trader.cli.common import ErrorBoundaryGroup, console
 from quantum_trader.cli.exchange import data_app, exchange_app
@@ -55,6 +55,7 @@ trading.register(app)
 reports.register(app)
 strategies.register(app)
 research.register(app)
+optimize.register(app)
 services.register(app)
 app.add_typer(backup_app, name="backup")
 app.command("restore")(restore)
