@@ -453,8 +453,9 @@ def sampler_for(spec: OptimizeSpec, space: Mapping[str, Param[Any]], seed: int) 
         grid: dict[str, list[Any]] = {}
         for name, p in space.items():
             if isinstance(p, IntParam):
-                grid[name] = sorted({round(v) for v in
-                                     np.linspace(p.low, p.high, min(5, p.high - p.low + 1))})
+                # Every value of a short range; else 8 points across it.
+                grid[name] = list(range(p.low, p.high + 1)) if p.high - p.low < 16 else \
+                    sorted({round(v) for v in np.linspace(p.low, p.high, 8)})
             elif isinstance(p, FloatParam):
                 grid[name] = [float(v) for v in np.linspace(p.low, p.high, 5)]
             else:
