@@ -304,6 +304,10 @@ def optimize(
         raise UserError("--mode rolling needs --train-bars")
     if study is not None:
         _check_name(study)
+    if storage is not None and not storage.strip():
+        raise UserError("--storage: empty; give a database URL or a journal file")
+    if storage is not None and "://" not in storage:
+        check_writable_file(Path(storage), "--storage")
     cfg = settings(config)
     spec_text = strategy
     if spec_text is not None and not spec_text.strip():
@@ -329,10 +333,6 @@ def optimize(
     fingerprint = data_fingerprint(series)
     name = study or "opt-" + hashlib.sha256(
         f"{spec.to_json()}\n{fingerprint['sha256']}".encode()).hexdigest()[:10]
-    if storage is not None and not storage.strip():
-        raise UserError("--storage: empty; give a database URL or a journal file")
-    if storage is not None and "://" not in storage:
-        check_writable_file(Path(storage), "--storage")
     _run(spec, cfg, series, storage, name, jobs, as_json, fingerprint, resumed=False)
 
 
@@ -351,11 +351,11 @@ def resume(
     from quantum_trader.research.optimize import open_meta, storage_for
 
     _check_name(study)
+    cfg = settings(config)
     if not storage.strip():
         raise UserError("--storage: empty; give the study's database URL or journal file")
     if "://" not in storage and not Path(storage).is_file():
         raise UserError(f"--storage {storage}: no such journal file")
-    cfg = settings(config)
     spec, stored_fp = open_meta(storage_for(storage), study, None, None)
     series = load_series(spec.data, spec.timeframe, spec.timerange, cfg)
     fingerprint = data_fingerprint(series)

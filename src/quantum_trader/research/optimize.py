@@ -218,9 +218,10 @@ def make_windows(series: Sequence[BarSeries], spec: OptimizeSpec) -> list[Window
     for sp in splits_from_edges(edges, spec.purge, spec.embargo, mode, spec.train_bars):
         idx = sp.train
         if len(idx) < 2:
-            raise OptimizeError(f"window {sp.fold + 1}: no train bars left after the purge "
-                                f"({spec.purge}) and embargo ({spec.embargo}): use fewer "
-                                "--windows or more data")
+            raise OptimizeError(f"--windows {spec.windows}: window {sp.fold + 1} has no train "
+                                f"bars left after --purge {spec.purge} and --embargo "
+                                f"{spec.embargo}: use fewer windows, a shorter purge or more "
+                                "data")
         breaks = np.flatnonzero(np.diff(idx) > 1)
         starts = np.concatenate(([0], breaks + 1))
         ends = np.concatenate((breaks, [len(idx) - 1]))
@@ -345,7 +346,11 @@ def storage_for(url: str) -> Any:
     if "://" in url:
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
-        return optuna.storages.RDBStorage(url, heartbeat_interval=15, grace_period=60)
+        import warnings
+
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=15, grace_period=60)
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(url))
