@@ -110,7 +110,8 @@ def test_a_planted_edge_is_found_out_of_sample_and_passes_the_gate(work: Path) -
     assert r["pbo"]["pbo"] < 0.2
     assert r["deflated_sharpe"]["dsr"] > 0.95
     assert r["trials_total"] == 30
-    assert r["data"]["sha256"] and "git_commit" in r["code"]
+    assert r["data"]["sha256"]
+    assert "git_commit" in r["code"]
     stored = work / "reports" / "optimize" / "edge" / "result.json"
     assert json.loads(stored.read_text())["chosen_params"] == {"lag": 6}
     cfg = work / "tuned.yaml"
@@ -190,7 +191,7 @@ def test_two_workers_on_postgresql_complete_the_trials_exactly_once(
     # --jobs 2 in one process: the same count on a second window study of its own.
     p = _cli([*args[:-5], "--jobs", "2", "--storage", pg_url, "--study", "local2", "--json"],
              work)
-    out, errs = p.communicate(timeout=240)
+    _, errs = p.communicate(timeout=240)
     assert p.returncode == 0, errs
     done = [t for t in _trials(pg_url, "local2.w1")
             if t.state == TrialState.COMPLETE]  # type: ignore[attr-defined]
