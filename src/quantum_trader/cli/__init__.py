@@ -12,7 +12,15 @@ from typing import Annotated
 
 import typer
 
-from quantum_trader.cli import parity, reports, research, services, strategies, trading
+from quantum_trader.cli import (
+    optimize,
+    parity,
+    reports,
+    research,
+    services,
+    strategies,
+    trading,
+)
 from quantum_trader.cli.backup import backup_app, restore
 from quantum_trader.cli.common import ErrorBoundaryGroup, console
 from quantum_trader.cli.exchange import data_app, exchange_app
@@ -56,6 +64,7 @@ reports.register(app)
 strategies.register(app)
 parity.register(app)
 research.register(app)
+optimize.register(app)
 services.register(app)
 app.add_typer(backup_app, name="backup")
 app.command("restore")(restore)
