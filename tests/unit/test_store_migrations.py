@@ -36,7 +36,7 @@ def sync_url(url: str) -> str:
 def test_migrations_ship_inside_the_package() -> None:
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert (MIGRATIONS_DIR / "script.py.mako").is_file()
-    assert head_revision() == "0003"
+    assert head_revision() == "0004"
 
 
 def test_upgrade_reaches_head_and_is_repeatable(url: str) -> None:

@@ -91,7 +91,10 @@ class ExitBrain:
                 # Keep the distance risk sized for, anchored to the price we actually got.
                 dist = abs(entry.reference_price - entry.stop_loss) / entry.reference_price
                 stop = inst.round_price(position.avg_entry * (1.0 - sign * dist))
-                if self.settings.take_profit_rr > 0:
+                if entry.target_distance:  # the strategy named its target: it has it
+                    target = inst.round_price(
+                        position.avg_entry * (1.0 + sign * entry.target_distance))
+                elif self.settings.take_profit_rr > 0:
                     target = inst.round_price(
                         position.avg_entry * (1.0 + sign * dist * self.settings.take_profit_rr))
             g = _Guard(position.symbol, side, position.avg_entry, position.opened_ts or ts,

@@ -86,6 +86,7 @@ class Signal:
     trace_id: str
     timeframe: str = "30m"
     stop_distance: float | None = None  # suggested stop distance as a fraction of price
+    target_distance: float | None = None  # suggested take-profit distance, likewise
 
 
 @dataclass(slots=True, frozen=True)
@@ -110,6 +111,9 @@ class OrderIntent:
     stop_loss: float | None = None  # protective levels for the position an entry opens
     take_profit: float | None = None
     tag: str = ""  # protective-order role, e.g. "sl" or "tp"
+    # The signal's own target distance (a strategy's hint), a fraction of the fill price:
+    # the exit brain sets the target there instead of at take_profit_rr x the stop distance.
+    target_distance: float | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -75,6 +75,7 @@ signals = Table(
     _str("trace_id"),
     _str("timeframe"),
     _num("stop_distance", nullable=True),
+    _num("target_distance", nullable=True),
     Index(None, "trace_id"),
     Index(None, "symbol", "ts"),
 )

@@ -104,13 +104,22 @@ class StrategySource:
                                  or not 0.0 < stop < 1.0):
             self._refuse(bar, f"returned stop_distance {stop!r}",
                          "stop_distance must be None or a fraction of the price in (0, 1)")
+        target = out.target_distance
+        if target is not None and (not isinstance(target, (int, float))
+                                   or isinstance(target, bool) or not 0.0 < target < 10.0):
+            self._refuse(bar, f"returned target_distance {target!r}",
+                         "target_distance must be None or a fraction of the price in (0, 10)")
+        if target is not None and out.direction == "flat":
+            self._refuse(bar, "returned a target_distance on a flat signal",
+                         "a flat signal opens nothing to take profit on")
         ts = bar.close_ts
         sid = f"{bar.symbol}-{ts}-{self.name}"
         return DomainSignal(id=sid, symbol=bar.symbol, direction=_DIRECTION[out.direction],
                             confidence=float(conf), ts=ts, expires_at=ts + self._ttl,
                             price=bar.close, source=self.name, trace_id=sid,
                             timeframe=bar.timeframe,
-                            stop_distance=None if stop is None else float(stop))
+                            stop_distance=None if stop is None else float(stop),
+                            target_distance=None if target is None else float(target))
 
     def _refuse(self, bar: Bar, what: str, rule: str = "", where: str = "") -> NoReturn:
         self.broken = StrategyError(

@@ -44,20 +44,25 @@ class Signal:
     entries below ``risk.min_confidence`` (0.55 by default) with the reason LOW_CONFIDENCE.
     ``stop_distance``: the protective stop's distance from the price, as a fraction of it
     (0.02 is 2%); it also sizes the position (a stop-out loses ``risk.risk_per_trade`` of
-    equity). None: ``risk.default_stop_distance``.
+    equity). None: ``risk.default_stop_distance``. ``target_distance``: where to take profit,
+    as a fraction of the entry price (0.05 is 5%); None: ``exits.take_profit_rr`` times the
+    stop distance (a hint is used even when that ratio is 0).
     """
 
     direction: Direction
     confidence: float
     stop_distance: float | None = None
+    target_distance: float | None = None
 
     @classmethod
-    def long(cls, confidence: float, stop_distance: float | None = None) -> Signal:
-        return cls("long", confidence, stop_distance)
+    def long(cls, confidence: float, stop_distance: float | None = None,
+             target_distance: float | None = None) -> Signal:
+        return cls("long", confidence, stop_distance, target_distance)
 
     @classmethod
-    def short(cls, confidence: float, stop_distance: float | None = None) -> Signal:
-        return cls("short", confidence, stop_distance)
+    def short(cls, confidence: float, stop_distance: float | None = None,
+              target_distance: float | None = None) -> Signal:
+        return cls("short", confidence, stop_distance, target_distance)
 
     @classmethod
     def flat(cls) -> Signal:

@@ -146,8 +146,9 @@ class RiskEngine:
             reason="signal",
             reference_price=signal.price,
             stop_loss=inst.round_price(signal.price * (1.0 - sign * stop_distance)),
-            take_profit=inst.round_price(
-                signal.price * (1.0 + sign * stop_distance * self.exit_rr)),
+            take_profit=inst.round_price(signal.price * (1.0 + sign * (
+                signal.target_distance or stop_distance * self.exit_rr))),
+            target_distance=signal.target_distance,
         )
         self.record_order(now)
         return RiskDecision(f"{signal.id}:risk", signal.id, True, APPROVED,
