@@ -228,3 +228,18 @@ def test_a_killed_run_resumes_to_the_configured_count(work: Path, pg_url: str) -
     assert not [t for t in trials if t.state == TrialState.RUNNING]  # type: ignore[attr-defined]
     assert json.loads(out)["trials_total"] == 25
     assert (work / "reports" / "optimize" / "crash" / "result.json").is_file()
+
+
+def test_workers_that_open_a_new_database_together_all_start(pg_url: str) -> None:
+    """Optuna creates its tables when a storage opens; workers racing to do it on a new
+    PostgreSQL database made some fail ("pg_type_typname_nsp_index": the loser's CREATE
+    meets the winner's). CI saw it with two hosts; six at once made it happen every time."""
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    code = ("import sys\nfrom quantum_trader.research.optimize import storage_for\n"
+            "storage_for(sys.argv[1])\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], env=env, text=True,
+                              stderr=subprocess.PIPE) for _ in range(6)]
+    results = [(p.wait(120), p.stderr.read() if p.stderr else "") for p in procs]
+    assert [rc for rc, _ in results] == [0] * 6, [err[-300:] for rc, err in results if rc]

@@ -20,12 +20,13 @@ SETTINGS = Settings.model_validate({
 })
 
 
-async def _run(db: Path, bars: int | None, series_len: int = 2400) -> tuple[object, ...]:
+async def _run(db: Path, bars: int | None, series_len: int = 2400,
+               settings: Settings = SETTINGS) -> tuple[object, ...]:
     series = [load_sample("XRP").slice(0, series_len)]
     store = SqlTradeStore(sqlite_url(db), create=True)
     await store.open()
     try:
-        summary = await run_paper(SETTINGS, series, store, max_bars=bars, batch=50)
+        summary = await run_paper(settings, series, store, max_bars=bars, batch=50)
         trades = await store.trades(limit=10_000)
         positions = await store.positions()
         orders = await store.orders()
@@ -137,14 +138,21 @@ async def test_the_stop_out_cooldown_runs_on_through_a_resume(tmp_path: Path) ->
 async def test_an_entry_held_for_the_opposite_exit_is_still_held_after_the_resume(
         tmp_path: Path) -> None:
     """An entry against the position held waits, unsent, until that position's exit is on
-    the venue. Stopped while one waits, the restart keeps it waiting (it sent it)."""
-    _, _, _, orders_full, _ = await _run(tmp_path / "full.db", None)
+    the venue. Stopped while one waits, the restart keeps it waiting (it sent it).
+
+    With ``exit_on_opposite_signal`` off, an opposite signal's entry waits for the stop or the
+    target to close the position, and expires waiting (the default closes the position at
+    once, and the entry never waits)."""
+    waits = SETTINGS.model_copy(update={"exits": SETTINGS.exits.model_copy(
+        update={"exit_on_opposite_signal": False})})
+
+    _, _, _, orders_full, _ = await _run(tmp_path / "full.db", None, settings=waits)
     held = [o for o in orders_full if o.reason == "expired waiting for the opposite exit"]
     assert held, "the run must hold an entry once at least"
     entry = held[0]
     t0 = int(load_sample("XRP").ts[0])
     split = tmp_path / "split.db"
-    await _run(split, int((entry.created_ts - t0) // 1_800_000))
+    await _run(split, int((entry.created_ts - t0) // 1_800_000), settings=waits)
     store = SqlTradeStore(sqlite_url(split))
     await store.open()
     try:
@@ -153,7 +161,7 @@ async def test_an_entry_held_for_the_opposite_exit_is_still_held_after_the_resum
         await store.close()
     assert waiting is not None
     assert waiting.status.value == "NEW"
-    _, _, _, orders_split, _ = await _run(split, None)
+    _, _, _, orders_split, _ = await _run(split, None, settings=waits)
     (after,) = [o for o in orders_split if o.client_order_id == entry.client_order_id]
     assert (after.status, after.filled_qty, after.reason) == \
         (entry.status, entry.filled_qty, entry.reason)

@@ -346,11 +346,24 @@ def storage_for(url: str) -> Any:
     if "://" in url:
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        import time
         import warnings
 
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=15, grace_period=60)
+        import sqlalchemy.exc
+
+        # Workers started together on a new database race to create Optuna's tables; the
+        # loser's CREATE fails on PostgreSQL's catalog (pg_type_typname_nsp_index) and, once
+        # the winner is done, the tables are there: try again.
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, heartbeat_interval=15,
+                                                      grace_period=60)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(url))
