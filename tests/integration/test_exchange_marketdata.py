@@ -137,6 +137,14 @@ def test_data_download_cli_against_the_simulator(tmp_path: Path) -> None:
     series = load_file(out)
     assert len(series) > 100
     assert series.ts[-1] < 1_508_457_600_000
+    from quantum_trader.domain.instruments import instrument_for
+    from quantum_trader.marketdata.files import file_instrument
+
+    stored = file_instrument(out)  # the venue's filters, kept with its bars
+    assert stored is not None
+    venue = instrument_for(SYM)  # what the simulator's exchangeInfo serves for XRPUSDT
+    assert (stored.tick_size, stored.step_size, stored.min_qty, stored.min_notional) == \
+        (venue.tick_size, venue.step_size, venue.min_qty, venue.min_notional)
 
 
 def test_pairs_ranks_the_venues_symbols_by_24h_quote_volume() -> None:

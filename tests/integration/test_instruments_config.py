@@ -61,3 +61,35 @@ def test_the_cli_takes_them_from_the_config_and_drops_the_note(tmp_path: Path) -
     bad = backtest("--config", "bad.yaml")
     assert bad.returncode == 2
     assert "instruments" in bad.stderr
+
+
+def test_filters_stored_with_downloaded_data_are_used(tmp_path: Path) -> None:
+    """``data download`` keeps the venue's filters in the parquet; a backtest of the file
+    uses them (no generic-filters note), and ``instruments:`` in the config still wins."""
+    from quantum_trader.domain.instruments import Instrument
+    from quantum_trader.marketdata.files import file_instrument, write_parquet
+
+    bars = dataclasses.replace(load_sample("XRP").slice(0, 3000), symbol="DOGEUSDT")
+    path = write_parquet(bars, tmp_path / "DOGEUSDT-30m.parquet",
+                         Instrument("DOGEUSDT", tick_size=0.00001, step_size=1.0, min_qty=1.0))
+    assert file_instrument(path) == Instrument("DOGEUSDT", tick_size=0.00001, step_size=1.0,
+                                               min_qty=1.0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QT_", "QTRADER_"))}
+    src = Path(__file__).resolve().parents[2] / "src"
+    env.update(PYTHONPATH=os.pathsep.join([str(src), env.get("PYTHONPATH", "")]))
+
+    def backtest(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "quantum_trader", "backtest", "--data",
+                               "DOGEUSDT-30m.parquet", "--json", *extra], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    res = backtest()
+    assert res.returncode == 0, res.stderr
+    assert "no exchange filters known" not in res.stderr
+    trades = json.loads(res.stdout)["trades"]
+    assert trades
+    assert all(t["quantity"] == round(t["quantity"]) for t in trades)  # the file's step 1
+    (tmp_path / "qt.yaml").write_text(
+        "instruments:\n  DOGEUSDT: {tick_size: 0.00001, step_size: 10, min_qty: 10}\n")
+    told = backtest("--config", "qt.yaml")
+    assert all(t["quantity"] % 10 == 0 for t in json.loads(told.stdout)["trades"])

@@ -151,7 +151,8 @@ def download(
                 console.print(f"  {n} bars, up to {fmt_ts(last)}", end="\r")
 
             res = await download_klines(venue, symbol, timeframe, since_ms, target, until_ms,
-                                        progress=progress)
+                                        progress=progress,
+                                        instrument=venue.instruments[symbol])
         finally:
             await venue.close()
         resumed = "" if res.resumed_from is None else " (resumed)"

@@ -21,7 +21,12 @@ from quantum_trader.cli.common import (
     settings,
     stdout_json,
 )
-from quantum_trader.cli.trading import TimeRangeOpt, configured_specs, load_series
+from quantum_trader.cli.trading import (
+    TimeRangeOpt,
+    configured_specs,
+    load_series,
+    with_file_instruments,
+)
 from quantum_trader.config import Settings
 
 models_app = typer.Typer(cls=ErrorBoundaryGroup, no_args_is_help=True,
@@ -92,6 +97,7 @@ def train(
     specs = data or configured_specs(cfg)
     tf = timeframe or (None if data else cfg.data.timeframe)
     pool = load_series(specs, tf, timerange, cfg)
+    cfg = with_file_instruments(cfg, specs, pool)
     if len({s.timeframe for s in pool}) > 1:
         raise UserError("--data: a pooled model learns from one timeframe, got "
                         + ", ".join(f"{spec} ({s.timeframe})"

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import sys
@@ -118,9 +119,10 @@ def load_series(specs: list[str], timeframe: str | None,
                 raise UserError(f"--timerange {timerange} selects no bars of {spec} (it "
                                 f"has {have})")
         series = chosen
+    stored = file_instruments(specs, series)
     for spec, s in zip(specs, series, strict=True):
-        if s.symbol not in DEFAULT_INSTRUMENTS and (cfg is None or s.symbol not in
-                                                    cfg.instruments):
+        if s.symbol not in DEFAULT_INSTRUMENTS and s.symbol not in stored and (
+                cfg is None or s.symbol not in cfg.instruments):
             g = Instrument(s.symbol)
             err.print(f"[yellow]note:[/] {escape(spec)}: no exchange filters known for "
                       f"{escape(s.symbol)}; using generic ones (tick {g.tick_size:g}, step "
@@ -128,6 +130,34 @@ def load_series(specs: list[str], timeframe: str | None,
                       f"another symbol's, say which: {escape(spec)}@SYMBOL; else give its "
                       f"filters under instruments: in the config", soft_wrap=True)
     return series
+
+
+def file_instruments(specs: list[str], series: list[Any]) -> dict[str, Any]:
+    """The exchange filters stored in the data files (``data download`` keeps the venue's),
+    by symbol."""
+    from quantum_trader.marketdata.files import file_instrument
+
+    out = {}
+    for spec, s in zip(specs, series, strict=True):
+        path = spec.rsplit("@", 1)[0] if "@" in spec and not Path(spec).exists() else spec
+        inst = file_instrument(Path(path).expanduser())
+        if inst is not None:
+            out[s.symbol] = inst
+    return out
+
+
+def with_file_instruments(cfg: Settings, specs: list[str], series: list[Any]) -> Settings:
+    """``cfg`` with the data files' filters for symbols ``instruments:`` does not name (the
+    config's own word wins)."""
+    from quantum_trader.config import InstrumentSection
+
+    found = {sym: InstrumentSection(**{k: getattr(inst, k) for k in (
+        "tick_size", "step_size", "min_qty", "min_notional", "max_leverage",
+        "maintenance_margin_rate")}) for sym, inst in file_instruments(specs, series).items()
+        if sym not in cfg.instruments}
+    if not found:
+        return cfg
+    return cfg.model_copy(update={"instruments": {**cfg.instruments, **found}})
 
 
 def configured_specs(cfg: Settings) -> list[str]:
@@ -210,6 +240,7 @@ def backtest(
     check_writable_dir(cfg.paths.reports_dir, "reports directory (paths.reports_dir)")
     specs = data or configured_specs(cfg)
     series = load_series(specs, timeframe, timerange, cfg)
+    cfg = with_file_instruments(cfg, specs, series)
     name = "-".join(s.symbol for s in series)
     total = sum(len(s) for s in series)
     source = signal_source(choice, quiet=as_json)
@@ -345,6 +376,8 @@ def run(
                         "store.url (drop that database yourself, or unset store.url)")
     specs = data or configured_specs(cfg)
     series = load_series(specs, None, cfg=cfg)
+    cfg = with_file_instruments(cfg, specs, series)
+    choice = dataclasses.replace(choice, settings=cfg)
     identity = RunIdentity.of(specs, series)
     confirm_fresh(db, fresh, yes)
     source, why = choose_source(choice)  # before the store exists: a bad one writes nothing

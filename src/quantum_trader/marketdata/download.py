@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quantum_trader.domain.instruments import Instrument
 from quantum_trader.domain.models import Bar, timeframe_ms
 from quantum_trader.marketdata.files import load_file, write_parquet
 from quantum_trader.marketdata.live import BarSource
@@ -32,12 +33,14 @@ class DownloadResult:
 async def download_klines(source: BarSource, symbol: str, timeframe: str, since_ms: int,
                           out: Path, until_ms: int | None = None, page_size: int = 1000,
                           checkpoint_pages: int = 50,
-                          progress: Callable[[int, int], None] | None = None) -> DownloadResult:
+                          progress: Callable[[int, int], None] | None = None,
+                          instrument: Instrument | None = None) -> DownloadResult:
     """Bars with ``since_ms <= ts < until_ms`` appended to ``out`` (created if missing).
 
     An existing file is resumed from its last bar; the file is rewritten atomically every
     ``checkpoint_pages`` pages, so an interrupted download loses at most that much work.
-    ``progress(bars_new, last_ts)`` is called after each page.
+    ``progress(bars_new, last_ts)`` is called after each page. ``instrument``: the venue's
+    filters for the symbol, stored in the file (backtests of it then use them).
     """
     from quantum_trader.exchange.reliable import call_with_retries
 
@@ -66,10 +69,12 @@ async def download_klines(source: BarSource, symbol: str, timeframe: str, since_
         if progress is not None:
             progress(len(new), page[-1].ts)
         if pages % checkpoint_pages == 0:
-            existing = await asyncio.to_thread(_write, existing, new, symbol, timeframe, out)
+            existing = await asyncio.to_thread(_write, existing, new, symbol, timeframe, out,
+                                             instrument)
             new = []
     if new or existing is None:
-        merged = await asyncio.to_thread(_write, existing, new, symbol, timeframe, out)
+        merged = await asyncio.to_thread(_write, existing, new, symbol, timeframe, out,
+                                             instrument)
     else:
         merged = existing
     total = len(merged)
@@ -84,7 +89,7 @@ def _load_existing(out: Path, symbol: str, timeframe: str) -> BarSeries | None:
 
 
 def _write(existing: BarSeries | None, new: list[Bar], symbol: str, timeframe: str,
-           out: Path) -> BarSeries:
+           out: Path, instrument: Instrument | None = None) -> BarSeries:
     cols = {
         "ts": np.array([b.ts for b in new], dtype=np.int64),
         "open": np.array([b.open for b in new], dtype=np.float64),
@@ -106,7 +111,7 @@ def _write(existing: BarSeries | None, new: list[Bar], symbol: str, timeframe: s
                        col("low"), col("close"), col("volume"))
     if len(series):
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_parquet(series, out)
+        write_parquet(series, out, instrument)
         log.info("wrote %d %s %s bars to %s", len(series), symbol, timeframe, out)
     return series
 

@@ -14,6 +14,7 @@ all or nothing: no partially validated series is ever returned.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -29,11 +30,13 @@ import numpy.typing as npt
 import pandas as pd
 from pandas.api.types import is_datetime64_any_dtype, is_numeric_dtype
 
+from quantum_trader.domain.instruments import Instrument
 from quantum_trader.domain.models import TIMEFRAME_MS, timeframe_ms
 from quantum_trader.marketdata.quality import DataError, DataQuality, gaps_in
 from quantum_trader.marketdata.series import BarSeries, FloatArray, IntArray
 
-__all__ = ["DataError", "load_file", "load_file_with_quality", "write_csv", "write_parquet"]
+__all__ = ["DataError", "file_instrument", "load_file", "load_file_with_quality", "write_csv",
+           "write_parquet"]
 
 PathLike = str | os.PathLike[str]
 BoolArray = npt.NDArray[np.bool_]
@@ -53,6 +56,9 @@ _EPOCH_UNITS: tuple[tuple[float, str, float], ...] = (
     (float("inf"), "nanoseconds", 1e-6),
 )
 _META_SYMBOL = b"quantum_trader.symbol"
+_META_INSTRUMENT = b"quantum_trader.instrument"
+_INSTRUMENT_FIELDS = ("tick_size", "step_size", "min_qty", "min_notional", "max_leverage",
+                      "maintenance_margin_rate")
 _META_TIMEFRAME = b"quantum_trader.timeframe"
 
 
@@ -109,8 +115,10 @@ def write_csv(series: BarSeries, path: PathLike) -> Path:
     return target
 
 
-def write_parquet(series: BarSeries, path: PathLike) -> Path:
-    """Write a parquet file that also remembers the symbol and timeframe."""
+def write_parquet(series: BarSeries, path: PathLike,
+                  instrument: Instrument | None = None) -> Path:
+    """Write a parquet file that also remembers the symbol and timeframe, and the venue's
+    exchange filters for the symbol when given (``file_instrument`` reads them back)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -119,6 +127,9 @@ def write_parquet(series: BarSeries, path: PathLike) -> Path:
     meta = dict(table.schema.metadata or {})
     meta[_META_SYMBOL] = series.symbol.encode()
     meta[_META_TIMEFRAME] = series.timeframe.encode()
+    if instrument is not None:
+        filters = {k: getattr(instrument, k) for k in _INSTRUMENT_FIELDS}
+        meta[_META_INSTRUMENT] = json.dumps(filters, sort_keys=True).encode()
     table = table.replace_schema_metadata(meta)
     _atomic_write(target, lambda tmp: pq.write_table(table, tmp))
     return target
@@ -130,6 +141,26 @@ def _frame_of(series: BarSeries) -> pd.DataFrame:
         "open": series.open, "high": series.high, "low": series.low,
         "close": series.close, "volume": series.volume,
     })
+
+
+def file_instrument(path: PathLike) -> Instrument | None:
+    """The exchange filters a parquet written by ``data download`` stored for its symbol
+    (None for any other file, or one without them)."""
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    if not p.name.lower().endswith((".parquet", ".pq")) or not p.is_file():
+        return None
+    try:
+        meta = pq.read_schema(p).metadata or {}
+        raw = meta.get(_META_INSTRUMENT)
+        symbol = meta.get(_META_SYMBOL)
+        if raw is None or symbol is None:
+            return None
+        filters = json.loads(raw)
+        return Instrument(symbol.decode(), **{k: float(filters[k]) for k in _INSTRUMENT_FIELDS})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable metadata: the file's bars still load (or fail) as ever
 
 
 def _atomic_write(target: Path, write: Callable[[str], Any]) -> None:
