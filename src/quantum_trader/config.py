@@ -124,6 +124,12 @@ class ExchangeSection(_Section):
     # Venue modes (kind binance-*): where to connect and what to follow.
     base_url: str = ""  # override, e.g. the simulator: http://127.0.0.1:8900
     symbols: tuple[str, ...] = ("XRPUSDT",)
+    # static: trade `symbols`; volume: the venue's `pairlist_top` most traded USDT perpetuals
+    # (24 h quote volume, at least `pairlist_min_quote_volume`), chosen when an account starts
+    # (`run --live`; a resume keeps its list; `data pairs` shows it for the services' config).
+    pairlist: Literal["static", "volume"] = "static"
+    pairlist_top: int = Field(10, ge=1, le=200)
+    pairlist_min_quote_volume: float = Field(0.0, ge=0)
     poll_s: float = Field(1.0, gt=0)  # klines and fills polling
     stale_after_s: float = Field(90.0, gt=0)  # no new closed bar for this long: data stale
     reconcile_s: float = Field(30.0, gt=0)  # compare our orders/positions with the venue

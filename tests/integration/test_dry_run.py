@@ -238,3 +238,37 @@ def test_parity_reports_a_decision_that_differs(tmp_path: Path, sim: SimServer) 
     assert table[0] == 1
     assert "TAMPERED" in table[1]
     assert "decided differently" in table[1]
+
+
+def test_a_volume_ranked_pair_list_is_chosen_at_the_start_and_kept_on_resume(
+        tmp_path: Path) -> None:
+    """``exchange.pairlist: volume``: the venue's most traded USDT perpetuals (its 24 h
+    quote volume) when the account starts; a resume keeps that list."""
+    state = SimState(SimServerConfig(
+        series=load_series(["sample:XRP", "sample:LTC", "sample:BTC"]), bar_seconds=0.25,
+        weight_limit=1_000_000, start_bar=2000))
+    srv = SimServer(state).start()
+    try:
+        day = {}
+        for sym in ("XRPUSDT", "LTCUSDT", "BTCUSDT"):
+            s = state.closed_bars(sym)
+            last = s.ts >= s.ts[-1] + TF - 86_400_000
+            day[sym] = float((s.volume[last] * s.close[last]).sum())
+        top2 = sorted(day, key=lambda k: -day[k])[:2]
+        cfg = write_config(tmp_path, srv.url)
+        cfg.write_text(cfg.read_text().replace(
+            "  symbols: [XRPUSDT, LTCUSDT]\n",
+            "  symbols: []\n  pairlist: volume\n  pairlist_top: 2\n"))
+        code, _out, err = finish(cli(tmp_path, "run", "--live", "-c", str(cfg), "--max-bars",
+                                    "4"), timeout=120)
+        assert code == 0, err
+        assert "pair list: " + top2[0] in " ".join(err.split())
+        db = tmp_path / "var" / "quantum_trader.db"
+        traded = {r[0] for r in query(db, "select symbol from bars where role = 'trade'")}
+        assert traded == set(top2)
+        code, _out, err = finish(cli(tmp_path, "run", "--live", "-c", str(cfg), "--max-bars",
+                                     "2"), timeout=120)
+        assert code == 0, err
+        assert "the account's, from its start" in " ".join(err.split())
+    finally:
+        srv.stop()

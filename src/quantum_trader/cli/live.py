@@ -85,7 +85,8 @@ def run_live(config: Path | None, state_dir: Path | None, data: list[str] | None
                             "e.g. XRPUSDT")
     else:
         chosen = tuple(cfg.exchange.symbols)
-    if not chosen:
+    by_volume = not symbols and cfg.exchange.pairlist == "volume"
+    if not chosen and not by_volume:
         raise UserError("exchange.symbols is empty: name the symbols to trade (or --symbol)")
     symbols_from = "--symbol" if symbols else "exchange.symbols"
     state = cfg.paths.state_dir
@@ -115,11 +116,16 @@ def run_live(config: Path | None, state_dir: Path | None, data: list[str] | None
             with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
                 loop.add_signal_handler(sig, graceful, sig)
                 handled.append(sig)
+        nonlocal chosen, identity
         venue = None
         try:
             # Everything that can refuse the run does so before anything is written.
             venue = venue_client(cfg)  # refuses a simulator without a base_url
-            await connect_venue(venue, cfg, chosen, symbols_from)
+            await connect_venue(venue, cfg, () if by_volume else chosen, symbols_from)
+            if by_volume:
+                resumable = db is not None and db.exists() and not fresh
+                chosen = await volume_pairs(venue, cfg, url if resumable else None)
+                identity = RunIdentity((venue_source(cfg),), tuple(sorted(chosen)), tf)
             recent = await recent_bars(venue, chosen, tf)
             with _one_run(state):
                 if fresh and db is not None and (moved := _set_aside(db)) is not None:
@@ -161,6 +167,38 @@ def run_live(config: Path | None, state_dir: Path | None, data: list[str] | None
                         "or --state-dir for a separate one") from None
     _print_summary(cfg, url, f"{', '.join(identity.symbols)} {tf}", summary, counts,
                    state_events)
+
+
+async def volume_pairs(venue: Any, cfg: Settings, store_url: str | None) -> tuple[str, ...]:
+    """``exchange.pairlist: volume``: the symbols an account trades, chosen by the venue's 24 h
+    quote volume when it starts; a resumed account keeps the list it started with (its books
+    and positions are in those symbols)."""
+    from quantum_trader.marketdata.pairlist import rank_by_volume
+    from quantum_trader.runtime.paper import stored_identity
+    from quantum_trader.store.sql import SqlTradeStore
+
+    if store_url is not None:
+        store = SqlTradeStore(store_url)
+        await store.open()
+        try:
+            stored = await stored_identity(store)
+        finally:
+            await store.close()
+        if stored is not None and stored.symbols:
+            err.print(f"pair list: {', '.join(stored.symbols)} (the account's, from its start; "
+                      "--fresh ranks the venue's pairs again)", soft_wrap=True)
+            return tuple(stored.symbols)
+    x = cfg.exchange
+    ranked = rank_by_volume(await venue.tickers_24h(), venue.instruments, x.pairlist_top,
+                            "USDT", x.pairlist_min_quote_volume)
+    if not ranked:
+        raise UserError(f"exchange.pairlist volume: no USDT perpetual traded "
+                        f"{x.pairlist_min_quote_volume:,.0f} USDT in 24 h "
+                        "(exchange.pairlist_min_quote_volume)")
+    err.print("pair list: " + ", ".join(f"{p.ticker.symbol} ({p.ticker.quote_volume:,.0f})"
+                                        for p in ranked)
+              + f" — the top {len(ranked)} by 24 h USDT volume", soft_wrap=True)
+    return tuple(p.ticker.symbol for p in ranked)
 
 
 def _ms(figures: dict[str, float]) -> str:
