@@ -50,6 +50,10 @@ class Model(Protocol):
 
     def predict_one(self, x: FloatArray) -> float: ...
 
+    def importance(self) -> FloatArray:
+        """Each feature's share of what the model uses (non-negative, sums to 1)."""
+        ...
+
     def save(self, path: Path) -> None: ...
 
 
@@ -94,6 +98,12 @@ class LightGBMModel:
         out = self._b().predict(x.reshape(1, -1), num_threads=1)
         return float(np.asarray(out)[0])
 
+    def importance(self) -> FloatArray:
+        gain = np.asarray(self._b().feature_importance(importance_type="gain"),
+                          dtype=np.float64)
+        total = float(gain.sum())
+        return gain / total if total > 0 else gain
+
     def save(self, path: Path) -> None:
         self._b().save_model(str(path))
 
@@ -137,6 +147,12 @@ class LogisticModel:
     def predict_one(self, x: FloatArray) -> float:
         z = float(((x - self.mean) / self.scale) @ self.coef) + self.intercept
         return 1.0 / (1.0 + math.exp(-z))
+
+    def importance(self) -> FloatArray:
+        # Standardized features: a coefficient's size is its weight in the decision.
+        w = np.abs(self.coef)
+        total = float(w.sum())
+        return w / total if total > 0 else w
 
     def save(self, path: Path) -> None:
         import joblib

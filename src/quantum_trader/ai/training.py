@@ -209,12 +209,24 @@ class TrainingReport:
                             _f(bt.sharpe, 2) if bt else "-",
                             _pct(bt.max_drawdown) if bt else "-",
                             str(bt.trades) if bt else "-")
+        imp = FittedTable([FitColumn("feature"), FitColumn("share", "right"),
+                           FitColumn("per fold", "right", priority=1)],
+                          title="feature importance (out-of-sample models, mean over folds)")
+        for name, share in list(wf.importance().items())[:8]:
+            imp.add_row(name, f"{share:.1%}", " ".join(
+                f"{f.importance.get(name, 0.0):.0%}" for f in wf.folds))
+        cal = FittedTable([FitColumn("predicted", "right"), FitColumn("rows", "right"),
+                           FitColumn("mean p", "right"), FitColumn("observed", "right")],
+                          title="calibration (out of sample): predicted vs observed rate of 1s")
+        for row in wf.calibration:
+            cal.add_row(f"{row['low']:.1f}-{row['high']:.1f}", f"{int(row['n']):,}",
+                        f"{row['mean_p']:.3f}", f"{row['observed']:.3f}")
         leak = FittedTable([FitColumn("check"), FitColumn("result", wrap=True)],
                            title="leakage checks")
         for k, v in self.leakage["checks"].items():
             # Text: a detail such as "cuts [120, 480]" is data, not console markup.
             leak.add_row(k, Text(("pass" if v["passed"] else "FAIL") + f"  {v.get('detail', '')}"))
-        return [folds, overall, leak]
+        return [folds, overall, imp, cal, leak]
 
     def render(self) -> Any:
         from rich.console import Group

@@ -100,6 +100,22 @@ def pooled_splits(timelines: Sequence[IntArray], folds: int, min_train: int, hor
                               horizon, embargo, mode, train_bars) for ts in timelines]
 
 
+def reliability(y: FloatArray, p: FloatArray, bins: int = 10) -> list[dict[str, float]]:
+    """The reliability curve: per bin of predicted probability, how many rows, their mean
+    prediction and how often the label was 1 (a calibrated model has the two equal)."""
+    m = ~np.isnan(y)
+    y, p = y[m], p[m]
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    out = []
+    for b in range(bins):
+        sel = which == b
+        n = int(sel.sum())
+        if n:
+            out.append({"low": b / bins, "high": (b + 1) / bins, "n": float(n),
+                        "mean_p": float(p[sel].mean()), "observed": float(y[sel].mean())})
+    return out
+
+
 def classification_metrics(y: FloatArray, p: FloatArray) -> dict[str, float]:
     """AUC, accuracy (p > 0.5), Brier score and row count over labelled rows."""
     from sklearn.metrics import roc_auc_score
@@ -146,6 +162,7 @@ class FoldResult:
     metrics: dict[str, dict[str, float]]  # "model" / "shuffled" -> auc, accuracy, brier, n
     backtests: dict[str, BacktestSummary] = field(default_factory=dict)
     curves: dict[str, Curve] = field(default_factory=dict)
+    importance: dict[str, float] = field(default_factory=dict)  # feature -> share, this fold
 
 
 @dataclass
@@ -156,15 +173,25 @@ class WalkForwardResult:
     curves: dict[str, Curve]
     oos_index: IntArray
     oos_p: FloatArray
+    calibration: list[dict[str, float]] = field(default_factory=list)
+
+    def importance(self) -> dict[str, float]:
+        """Each feature's share, averaged over the folds, largest first."""
+        names = {n for f in self.folds for n in f.importance}
+        mean = {n: sum(f.importance.get(n, 0.0) for f in self.folds) / len(self.folds)
+                for n in names} if self.folds else {}
+        return dict(sorted(mean.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "overall": self.overall,
+            "calibration": self.calibration,
+            "importance": self.importance(),
             "backtests": {k: v.to_dict() for k, v in self.backtests.items()},
             "folds": [{"fold": f.fold, "train_rows": f.train_rows, "test_rows": f.test_rows,
                        "train_first_ts": f.train_first_ts, "train_last_ts": f.train_last_ts,
                        "test_first_ts": f.test_first_ts, "test_last_ts": f.test_last_ts,
-                       "metrics": f.metrics,
+                       "metrics": f.metrics, "importance": f.importance,
                        "backtests": {k: v.to_dict() for k, v in f.backtests.items()}}
                       for f in self.folds],
         }
@@ -218,7 +245,8 @@ def walk_forward(series: Sequence[BarSeries], X: Sequence[FloatArray],
             min(int(s.ts[sp.test_start]) for s, sp in tested),
             max(int(s.ts[sp.test_end - 1]) for s, sp in tested),
             {"model": classification_metrics(y_te, p),
-             "shuffled": classification_metrics(y_te, ps)})
+             "shuffled": classification_metrics(y_te, ps)},
+            importance=dict(zip(names, (float(v) for v in model.importance()), strict=True)))
         if ai.backtest_folds:
             if progress:
                 progress(f"fold {k + 1}/{wf.folds}: backtests")
@@ -251,7 +279,8 @@ def walk_forward(series: Sequence[BarSeries], X: Sequence[FloatArray],
         for key in ("model", LIMITED, *BASELINES):
             curves[key] = chain([f.curves[key] for f in folds])
             backtests[key] = summarize(curves[key], series[0].timeframe)
-    return WalkForwardResult(folds, overall, backtests, curves, idx, p_all)
+    return WalkForwardResult(folds, overall, backtests, curves, idx, p_all,
+                             reliability(y_all, p_all))
 
 
 def _tf(series: BarSeries) -> int:

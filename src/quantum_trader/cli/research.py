@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -18,6 +20,7 @@ from quantum_trader.cli.common import (
     check_writable_dir,
     console,
     err,
+    progress_bar,
     settings,
     stdout_json,
 )
@@ -114,8 +117,8 @@ def train(
         _train_per_symbol(pool, cfg, ai, registry, promote, as_json)
         return
     series = pool[0] if len(pool) == 1 else pool
-    report = train_model(series, cfg, ai, registry,
-                         progress=lambda msg: err.print(f"[dim]  {msg}[/]"))
+    with training_progress(ai, len(pool)) as step:
+        report = train_model(series, cfg, ai, registry, progress=step)
     if as_json:
         stdout_json(json.dumps(report.manifest, indent=2))
     else:
@@ -131,6 +134,22 @@ def train(
         err.print(f"[bold green]promoted[/] {ai.model_name}@{report.version} to production")
 
 
+@contextmanager
+def training_progress(ai: Any, n_series: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar over training's steps (features, each fold's fit and backtests, the
+    leakage checks, the final fit), named by the step it is on."""
+    folds = ai.walkforward.folds * (2 if ai.backtest_folds else 1)
+    total = 3 + folds + 2 * n_series
+    with progress_bar() as prog:
+        task = prog.add_task("training", total=total, rate="")
+
+        def step(message: str) -> None:
+            prog.update(task, advance=1, description=f"training: {message}")
+
+        yield step
+        prog.update(task, completed=total, description="training: done")
+
+
 def _train_per_symbol(pool: list[Any], cfg: Settings, ai: Any, registry: Any, promote: bool,
                       as_json: bool) -> None:
     """``train --per-symbol``: each symbol's own model, ``<model>-<SYMBOL>``; a table of
@@ -143,8 +162,8 @@ def _train_per_symbol(pool: list[Any], cfg: Settings, ai: Any, registry: Any, pr
     for s in pool:
         one = ai.model_copy(update={"model_name": per_symbol_name(ai.model_name, s.symbol)})
         err.print(f"[bold]{one.model_name}[/]: {len(s):,} bars")
-        reports.append((one, train_model(s, cfg, one, registry,
-                                         progress=lambda msg: err.print(f"[dim]  {msg}[/]"))))
+        with training_progress(one, 1) as step:
+            reports.append((one, train_model(s, cfg, one, registry, progress=step)))
     refused: list[str] = []
     promoted: list[str] = []
     if promote:
