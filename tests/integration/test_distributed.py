@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -147,8 +148,16 @@ def test_forged_and_malformed_messages(tmp_path: Path) -> None:
         assert any("exceeds" in x or "bytes" in x for x in reasons), reasons
         assert any("not JSON" in x or "malformed" in x for x in reasons), reasons
         assert dl >= 12
-        for name in PIPELINE_SERVICES:
-            assert c.health(name)["status"] == "OK"
+
+        def sick() -> dict[str, Any]:
+            return {n: h.get("reasons") for n in PIPELINE_SERVICES
+                    if (h := c.health(n))["status"] != "OK"}
+
+        # Everyone is OK again (a heartbeat late behind the burst may take a moment).
+        deadline = time.monotonic() + 15
+        while (still := sick()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not still, still
 
 
 def test_kill_9_each_service_in_turn_changes_nothing(tmp_path: Path) -> None:

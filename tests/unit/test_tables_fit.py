@@ -237,7 +237,7 @@ def fake_training_report() -> TrainingReport:
 
 
 def test_train_fold_table_at_80_columns_has_no_cut_figure() -> None:
-    folds, overall, leak = fake_training_report().tables()
+    folds, overall, _importance, _calibration, leak = fake_training_report().tables()
     text = render(folds, 80)
     assert_fits(text, 80)
     header = flat(text)
