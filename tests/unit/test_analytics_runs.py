@@ -4,6 +4,7 @@ code version read from git."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import subprocess
@@ -130,11 +131,30 @@ def test_result_json_is_written_whole_and_readable(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [RESULT_FILE]
 
 
-def test_the_code_version_names_the_checkout_commit() -> None:
+def test_the_code_version_names_the_checkout_commit(tmp_path: Path) -> None:
+    """Read from ``.git`` directly, in a checkout and in a worktree of it (a real repository
+    made here, so the test runs the same wherever the project's own copy came from)."""
+    from quantum_trader.analytics.runs import _git_commit
+
     git = shutil.which("git")
-    src = Path(__file__).resolve().parents[2]
-    if git is None or not (src / ".git").exists():
-        pytest.skip("not a git checkout")
-    head = subprocess.run([git, "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
-                          text=True, check=True).stdout.strip()
-    assert code_version()["git_commit"] == head
+    assert git is not None, "git is needed (apt-get install git)"
+
+    def run(*args: str, cwd: Path) -> str:
+        return subprocess.run([git, *args], cwd=cwd, capture_output=True, text=True,
+                              check=True, env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                                               "GIT_COMMITTER_NAME": "t",
+                                               "GIT_COMMITTER_EMAIL": "t@t",
+                                               "PATH": os.environ.get("PATH", "")}).stdout
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "mod.py").write_text("x = 1\n")
+    run("init", "-q", cwd=repo)
+    run("add", ".", cwd=repo)
+    run("commit", "-q", "-m", "one", cwd=repo)
+    head = run("rev-parse", "HEAD", cwd=repo).strip()
+    assert _git_commit(repo / "pkg" / "mod.py") == head
+    run("worktree", "add", "-q", "--detach", str(tmp_path / "wt"), cwd=repo)
+    assert _git_commit(tmp_path / "wt" / "pkg" / "mod.py") == head
+    assert _git_commit(tmp_path / "elsewhere" / "x.py") is None
+    # And the package itself: its commit when it runs from a checkout, else none.
+    assert code_version()["git_commit"] in (None, _git_commit(Path(__file__).resolve()))
