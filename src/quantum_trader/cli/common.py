@@ -141,6 +141,31 @@ def holding_state_dir(state: Path, what_to_do: str) -> Iterator[None]:
         raise UserError(f"{exc}: {what_to_do}") from None
 
 
+def account_rows(table: Any, summary: Any, state_events: list[Any]) -> None:
+    """The rows every embedded run's summary ends with (paper and dry run alike): trades,
+    positions, equity, drawdown, the trading state with its time and reason, rejections."""
+    s = summary
+    table.add_row("trades closed (this run)", f"{s.trades_closed:,}")
+    table.add_row("open positions", ", ".join(
+        f"{p.symbol} {p.qty:+g} @ {p.avg_entry:.5g}" for p in s.open_positions) or "none")
+    table.add_row("equity", f"{s.equity:,.2f}")
+    table.add_row("max drawdown", f"{s.max_drawdown:.2%}")
+    last_change = state_events[-1] if state_events else None
+    table.add_row("trading state", s.trading_state if last_change is None else
+                  f"{s.trading_state} since {fmt_ts(last_change.ts)}: "
+                  f"{last_change.detail.get('reason', '?')}")
+    table.add_row("risk rejections", ", ".join(
+        f"{k}={v}" for k, v in sorted(s.rejections.items())) or "none")
+
+
+def say_if_halted(trading_state: str) -> None:
+    if trading_state != "ACTIVE":
+        err.print(f"[yellow]trading is {trading_state}[/]: the risk gate refuses new "
+                  "entries in this account. `quantum-trader state` says why; `quantum-trader "
+                  "state resume` lets it trade again, --fresh starts a new one (docs/runbook.md"
+                  ", TradingHalted).", soft_wrap=True)
+
+
 def progress_bar() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),

@@ -14,11 +14,13 @@ from rich.markup import escape
 from quantum_trader.analytics.tables import FitColumn, FittedTable
 from quantum_trader.cli.common import (
     UserError,
+    account_rows,
     check_writable_dir,
     console,
     err,
     fmt_ts,
     progress_bar,
+    say_if_halted,
     settings,
     state_overrides,
 )
@@ -230,22 +232,8 @@ def _print_summary(cfg: Settings, url: str, data: str, s: Any, counts: dict[str,
     table.add_row("feed", feed)
     table.add_row("bar arrival to decision", _ms(s.latency_ms))
     table.add_row("signals", f"{s.signals:,}")
-    table.add_row("trades closed (this run)", f"{s.trades_closed:,}")
-    table.add_row("open positions", ", ".join(
-        f"{p.symbol} {p.qty:+g} @ {p.avg_entry:.5g}" for p in s.open_positions) or "none")
-    table.add_row("equity", f"{s.equity:,.2f}")
-    table.add_row("max drawdown", f"{s.max_drawdown:.2%}")
-    last_change = state_events[-1] if state_events else None
-    table.add_row("trading state", s.trading_state if last_change is None else
-                  f"{s.trading_state} since {fmt_ts(last_change.ts)}: "
-                  f"{last_change.detail.get('reason', '?')}")
-    table.add_row("risk rejections", ", ".join(
-        f"{k}={v}" for k, v in sorted(s.rejections.items())) or "none")
+    account_rows(table, s, state_events)
     table.add_row("stopped", s.stopped or "?")
     table.add_row("rows in store", ", ".join(f"{k}={v}" for k, v in counts.items()))
     console.print(table)
-    if s.trading_state != "ACTIVE":
-        err.print(f"[yellow]trading is {s.trading_state}[/]: the risk gate refuses new "
-                  "entries in this account. `quantum-trader state` says why; `quantum-trader "
-                  "state resume` lets it trade again, --fresh starts a new one (docs/runbook.md"
-                  ", TradingHalted).", soft_wrap=True)
+    say_if_halted(s.trading_state)

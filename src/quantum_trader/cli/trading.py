@@ -28,6 +28,7 @@ from quantum_trader.cli.common import (
     JsonOpt,
     StateDirOpt,
     UserError,
+    account_rows,
     check_writable_dir,
     check_writable_file,
     console,
@@ -35,6 +36,7 @@ from quantum_trader.cli.common import (
     fmt_ts,
     holding_state_dir,
     progress_bar,
+    say_if_halted,
     settings,
     state_overrides,
     stdout_json,
@@ -424,25 +426,11 @@ def run(
     table.add_row("resumed from checkpoint", "yes" if summary.resumed else "no")
     table.add_row("bars processed", f"{summary.bars_processed:,}")
     table.add_row("signals", f"{summary.signals:,}")
-    table.add_row("trades closed (this run)", f"{summary.trades_closed:,}")
-    table.add_row("open positions", ", ".join(
-        f"{p.symbol} {p.qty:+g} @ {p.avg_entry:.5g}" for p in summary.open_positions) or "none")
-    table.add_row("equity", f"{summary.equity:,.2f}")
-    table.add_row("max drawdown", f"{summary.max_drawdown:.2%}")
-    last_change = state_events[-1] if state_events else None
-    table.add_row("trading state", summary.trading_state if last_change is None else
-                  f"{summary.trading_state} since {fmt_ts(last_change.ts)}: "
-                  f"{last_change.detail.get('reason', '?')}")
-    table.add_row("risk rejections", ", ".join(
-        f"{k}={v}" for k, v in sorted(summary.rejections.items())) or "none")
+    account_rows(table, summary, state_events)
     table.add_row("rows in store", ", ".join(f"{k}={v}" for k, v in counts.items()))
     console.print(table)
     note_low_confidence(cfg, summary.signals, summary.rejections)
-    if summary.trading_state != "ACTIVE":
-        err.print(f"[yellow]trading is {summary.trading_state}[/]: the risk gate refuses new "
-                  "entries in this account. `quantum-trader state` says why; `quantum-trader "
-                  "state resume` lets it trade again, --fresh starts a new one (docs/runbook.md"
-                  ", TradingHalted).", soft_wrap=True)
+    say_if_halted(summary.trading_state)
 
 
 def trades(
